@@ -15,9 +15,7 @@ import urllib.parse
 from typing import Any
 
 import pytest
-
 from infra import ACMEBOT, EAB_HMAC_KEY, EAB_KID, Environment, start_environment
-
 
 
 def load_acmebot_module() -> Any:
@@ -107,7 +105,8 @@ class Site:
         if write:
             self.write_config()
         return subprocess.run([sys.executable, ACMEBOT, '--config', self.config_path, *args],
-                              capture_output=True, text=True, timeout=timeout, cwd=self.root)
+                              capture_output=True, text=True, timeout=timeout, cwd=self.root,
+                              check=False)
 
     def path(self, directory: str, name: str) -> str:
         return os.path.join(self.dirs[directory], name)

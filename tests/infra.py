@@ -111,9 +111,9 @@ class Bind:
 }};
 controls {{ }};
 {zones}''')
-        self.process = subprocess.Popen(
-            ['named', '-g', '-u', 'root', '-c', conf], stdout=open(
-                os.path.join(self.directory, 'named.log'), 'w'), stderr=subprocess.STDOUT)
+        with open(os.path.join(self.directory, 'named.log'), 'w') as output:
+            self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
+                                            stdout=output, stderr=subprocess.STDOUT)
         wait_until(lambda: self.query('ns1.example.test', 'A'), 'BIND')
 
     def query(self, name: str, rdtype: str) -> list[str]:
@@ -183,10 +183,10 @@ class Pebble:
         with open(path, 'w') as file:
             json.dump(config, file)
         env = {**os.environ, 'PEBBLE_VA_NOSLEEP': '1', 'PEBBLE_AUTHZREUSE': '0', **self.env}
-        self.process = subprocess.Popen(
-            ['pebble', '-config', path, '-dnsserver', f'{BIND_ADDRESS}:53'], env=env,
-            stdout=open(os.path.join(self.directory, 'pebble.log'), 'w'),
-            stderr=subprocess.STDOUT)
+        with open(os.path.join(self.directory, 'pebble.log'), 'w') as output:
+            self.process = subprocess.Popen(
+                ['pebble', '-config', path, '-dnsserver', f'{BIND_ADDRESS}:53'], env=env,
+                stdout=output, stderr=subprocess.STDOUT)
         wait_until(lambda: self.get(self.url), 'Pebble')
 
     def get(self, url: str) -> bytes:
@@ -213,7 +213,7 @@ class Pebble:
 
 def make_tls_certificate(directory: str) -> None:
     """A throw-away CA and a certificate for 127.0.0.1/localhost for Pebble's HTTPS."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'acmebot test CA')])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -1,19 +1,25 @@
-"""Issuance end to end against Pebble and BIND."""
+"""Issuance end to end: acmebot run as a command against Pebble, BIND and an HTTP server."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
+import sys
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from infra import TSIG_ALGORITHMS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pem_certificates(data: bytes) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(
-        b''.join(block for block in data.split(b'-----END CERTIFICATE-----')[:-1] and
-                 [part + b'-----END CERTIFICATE-----\n' for part in
-                  data.split(b'-----END CERTIFICATE-----')[:-1]]))
+    blocks = re.findall(rb'-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----', data, re.DOTALL)
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
 
 
 def spki(key_or_cert) -> bytes:
@@ -21,16 +27,380 @@ def spki(key_or_cert) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_dns01_remote_issues_certificate(site):
-    www = site.host('www')
-    site.config['zone_update_keys'] = {'example.test': site.update_key()}
-    site.config['certificates'] = {'site': {'common_name': www,
-                                            'alt_names': {'example.test': [www.split('.')[0]]}}}
+def load_key(data: bytes):
+    return serialization.load_pem_private_key(data, None)
+
+
+def san(cert: x509.Certificate) -> set[str]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName))
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return names[0].value if names else None
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def dns_certificate(site, name='site', labels=('www',), zone='example.test', **cert):
+    """Configure one certificate validated by DNS-01 with remote (RFC 2136) updates."""
+    hosts = [site.host(label, zone) for label in labels]
+    site.config.setdefault('zone_update_keys', {})[zone] = site.update_key()
+    site.config.setdefault('certificates', {})[name] = {
+        'common_name': hosts[0],
+        'alt_names': {zone: [h.removesuffix('.' + zone) if h != zone else '@' for h in hosts]},
+        **cert}
+    return hosts
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def assert_no_challenge_records(site, hosts):
+    for host in hosts:
+        assert site.env.bind.query(f'_acme-challenge.{host.removeprefix("*.")}', 'TXT') == []
+
+
+def test_dns01_remote_first_run_installs_every_file(site):
+    site.config['settings'].update(dhparam_size=512, file_user='nobody', file_group='nogroup')
+    with open(os.path.join(site.root, 'root_cert.pem'), 'wb') as file:
+        file.write(site.env.pebble.root_pem())
+    hosts = dns_certificate(site, labels=('www', 'mail'))
+    result = site.run()
+    assert_ok(result)
+    # Normal output: one line per certificate issued, nothing else.
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('issued certificate site (')
+    assert result.stderr == ''
+
+    key = load_key(site.read('private_key', 'site.key'))
+    backup = load_key(site.read('private_key', 'site_backup.key'))
+    assert key.key_size == backup.key_size == 2048
+    assert spki(key) != spki(backup)
+    pem = site.read('certificate', 'site.pem')
+    chain = pem_certificates(pem)
+    assert len(chain) == 2
+    leaf, intermediate = chain
+    assert leaf.issuer == intermediate.subject
+    assert spki(leaf) == spki(key)
+    assert san(leaf) == set(hosts) and common_name(leaf) in (None, hosts[0])
+    # DH parameters, then EC parameters, after the chain.
+    assert re.search(rb'-----END CERTIFICATE-----\n-----BEGIN DH PARAMETERS-----.+'
+                     rb'-----END DH PARAMETERS-----\n-----BEGIN EC PARAMETERS-----\n'
+                     rb'BgUrgQQAIg==\n-----END EC PARAMETERS-----\n$', pem, re.DOTALL)
+    params = site.read('dhparam', 'site.param')
+    assert params.startswith(b'-----BEGIN DH PARAMETERS-----') and params in pem
+    dh = serialization.load_pem_parameters(params.split(b'-----BEGIN EC')[0])
+    assert dh.parameter_numbers().p.bit_length() == 512
+    full = site.read('private_key', 'site_full.key')
+    assert full == site.read('private_key', 'site.key') + pem
+    root = site.read('certificate', 'site+root.pem')
+    root_chain = pem_certificates(root)
+    assert [c.subject for c in root_chain] == [leaf.subject, intermediate.subject,
+                                               intermediate.issuer]
+    assert root.endswith(params)
+
+    nobody = (65534, 65534)
+    for directory, name, wanted in [('private_key', 'site.key', 0o640),
+                                    ('private_key', 'site_backup.key', 0o640),
+                                    ('private_key', 'site_full.key', 0o640),
+                                    ('dhparam', 'site.param', 0o640),
+                                    ('certificate', 'site.pem', 0o644),
+                                    ('certificate', 'site+root.pem', 0o644)]:
+        path = site.path(directory, name)
+        assert mode(path) == wanted, name
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == nobody, name
+    assert mode(site.path('resource', 'client_key.json')) == 0o600
+    registration = json.loads(site.read('resource', 'registration.json'))
+    assert registration['contact'] == ['mailto:admin@example.test']
+    assert registration['uri'].startswith('https://127.0.0.1:14000/')
+    assert_no_challenge_records(site, hosts)
+    assert os.listdir(site.dirs['archive']) in ([], ['site'])
+    assert not any(name.endswith('.acmebot-tmp') for directory in ('private_key', 'certificate')
+                   for name in os.listdir(site.dirs[directory]))
+
+    # A run with nothing to do is silent, writes nothing and does not contact the CA:
+    # the directory URL now points at a closed port.
+    before = site.snapshot()
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    again = site.run()
+    assert_ok(again)
+    assert again.stdout == '' and again.stderr == ''
+    assert site.snapshot() == before
+
+
+@pytest.mark.parametrize('algorithm, legacy', [
+    (algorithm, legacy) for algorithm in TSIG_ALGORITHMS for legacy in (False, True)
+    if legacy == (algorithm in ('hmac-md5', 'hmac-sha224', 'hmac-sha384'))
+] + [('hmac-sha256', True)])
+def test_tsig_algorithms_and_key_file_forms(site, algorithm, legacy):
+    host = site.host('tsig')
+    site.config['zone_update_keys'] = {'example.test': {
+        'file': site.update_key(algorithm, legacy=legacy), 'server': '127.0.0.1', 'port': 53}}
+    site.config['certificates'] = {host: {'alt_names': {'example.test': [host.split('.')[0]]}}}
+    assert_ok(site.run())
+    assert san(pem_certificates(site.read('certificate', f'{host}.pem'))[0]) == {host}
+
+
+def test_batch_one_update_per_zone_for_the_whole_run(site):
+    """Two private keys, four names, two zones: one RFC 2136 update message per zone to add
+    and one to remove (BIND bumps the zone serial once per update message)."""
+    site.config['zone_update_keys'] = {'example.test': site.update_key(),
+                                       'other.test': site.update_key('hmac-sha512')}
+    a = [site.host('a1'), site.host('a2')]
+    b = [site.host('b1'), site.host('b1', 'other.test')]
+    site.config['certificates'] = {
+        'a': {'common_name': a[0], 'alt_names': {'example.test': [h.split('.')[0] for h in a]}},
+        'b': {'common_name': b[0], 'alt_names': {'example.test': [b[0].split('.')[0]],
+                                                 'other.test': [b[1].split('.')[0]]}},
+    }
+    serials = {zone: int(site.env.bind.query(zone, 'SOA')[0].split()[2])
+               for zone in ('example.test', 'other.test')}
     result = site.run('--verbose')
-    print(result.stdout, result.stderr)
-    assert result.returncode == 0
-    key = serialization.load_pem_private_key(site.read('private_key', 'site.key'), None)
-    chain = pem_certificates(site.read('certificate', 'site.pem'))
-    assert spki(chain[0]) == spki(key)
-    assert stat.S_IMODE(os.stat(site.path('private_key', 'site.key')).st_mode) == 0o640
-    assert site.env.bind.query(f'_acme-challenge.{www}', 'TXT') == []
+    assert_ok(result)
+    assert result.stdout.count('deploying') == 2
+    for zone, serial in serials.items():
+        assert int(site.env.bind.query(zone, 'SOA')[0].split()[2]) == serial + 2, zone
+    assert sorted(line.split(' (')[0] for line in result.stdout.splitlines()
+                  if line.startswith('issued')) == ['issued certificate a',
+                                                    'issued certificate b']
+    assert_no_challenge_records(site, a + b)
+
+
+def test_wildcard_and_base_name_via_dns01(site):
+    base = site.host('wild')
+    site.config['zone_update_keys'] = {'example.test': site.update_key()}
+    label = base.split('.')[0]
+    site.config['certificates'] = {'wild': {'common_name': base, 'alt_names': {
+        'example.test': [label, f'*.{label}']}}}
+    assert_ok(site.run())
+    leaf = pem_certificates(site.read('certificate', 'wild.pem'))[0]
+    assert san(leaf) == {base, f'*.{base}'}
+    assert_no_challenge_records(site, [base])
+
+
+def test_http01_and_dns01_mixed(site):
+    web = site.host('web')
+    dnsname = site.host('dns')
+    site.config['zone_update_keys'] = {'example.test': site.update_key()}
+    site.config['http_challenges'] = {web: site.env.http.challenge_dir}
+    site.config['certificates'] = {'mixed': {'common_name': web, 'alt_names': {
+        'example.test': [web.split('.')[0], dnsname.split('.')[0]]}}}
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert f'{web}: authorized by http-01' in result.stdout
+    assert f'{dnsname}: authorized by dns-01' in result.stdout
+    assert os.listdir(site.env.http.challenge_dir) == []
+    assert san(pem_certificates(site.read('certificate', 'mixed.pem'))[0]) == {web, dnsname}
+
+
+def local_zone_site(site):
+    log = os.path.join(site.root, 'reload.log')
+    key = site.update_key('hmac-sha256')
+    site.config['settings']['reload_zone_command'] = (
+        f'{sys.executable} {HERE}/reload_zone.py --challenges {site.dirs["challenge"]} '
+        f'--key-file {site.dirs["update_key"]}/{key} --log {log}')
+    return log
+
+
+def test_local_dns_challenge_file_and_reload(site):
+    log = local_zone_site(site)
+    hosts = [site.host('l1', 'local.test'), site.host('l2', 'local.test')]
+    site.config['certificates'] = {'local': {'common_name': hosts[0], 'alt_names': {
+        'local.test': [h.split('.')[0] for h in hosts]}}}
+    assert_ok(site.run())
+    with open(log) as file:
+        calls = [json.loads(line) for line in file]
+    # One reload with both records (the challenge file), one after the file was removed.
+    assert [call['zone'] for call in calls] == ['local.test', 'local.test']
+    assert set(calls[0]['records']) == set(hosts)
+    assert all(len(values) == 1 and len(values[0]) == 43 for values in
+               calls[0]['records'].values())
+    assert calls[1]['records'] == {}
+    assert not os.path.exists(os.path.join(site.dirs['challenge'], 'local.test'))
+    assert_no_challenge_records(site, hosts)
+    assert san(pem_certificates(site.read('certificate', 'local.pem'))[0]) == set(hosts)
+
+
+def test_local_dns_without_reload_command_fails_clearly(site):
+    host = site.host('nr', 'local.test')
+    site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
+    result = site.run()
+    assert result.returncode == 1
+    assert 'settings.reload_zone_command is not set' in result.stderr
+    assert not os.path.exists(site.path('certificate', f'{host}.pem'))
+
+
+def test_external_account_binding(site):
+    site.use_eab_pebble()
+    host = site.host('eab')
+    site.config['zone_update_keys'] = {'example.test': site.update_key()}
+    site.config['certificates'] = {host: {'alt_names': {'example.test': host.split('.')[0]}}}
+    assert_ok(site.run())
+    assert pem_certificates(site.read('certificate', f'{host}.pem'))
+
+
+def test_eab_required_but_not_configured(site):
+    site.use_eab_pebble()
+    del site.config['account']['eab_kid'], site.config['account']['eab_hmac_key']
+    dns_certificate(site)
+    result = site.run()
+    assert result.returncode == 1
+    assert 'requires external account binding: set account.eab_kid' in result.stderr
+
+
+def test_account_reused_and_email_change_updates_registration(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    key = site.read('resource', 'client_key.json')
+    registration = json.loads(site.read('resource', 'registration.json'))
+    site.config['account']['email'] = 'other@example.test'
+    site.config['settings']['renewal_days'] = 365     # due again, so the CA is contacted
+    assert_ok(site.run())
+    assert site.read('resource', 'client_key.json') == key
+    updated = json.loads(site.read('resource', 'registration.json'))
+    assert updated['uri'] == registration['uri']
+    assert updated['contact'] == ['mailto:other@example.test']
+
+
+def test_renewal_window_reissues_and_archives(site):
+    hosts = dns_certificate(site)
+    assert_ok(site.run())
+    old = site.snapshot()
+    old_pem = site.read('certificate', 'site.pem')
+    site.config['settings']['renewal_days'] = 100    # Pebble issues for 90 days
+    result = site.run()
+    assert_ok(result)
+    assert result.stdout.startswith('issued certificate site')
+    new_pem = site.read('certificate', 'site.pem')
+    assert new_pem != old_pem
+    assert site.read('private_key', 'site.key') == old['private_key/site.key']
+    stamps = os.listdir(os.path.join(site.dirs['archive'], 'site'))
+    stamps.remove('transaction.json') if 'transaction.json' in stamps else None
+    assert len(stamps) == 1 and re.match(r'^\d{4}_\d\d_\d\d_\d{6}$', stamps[0])
+    archived = os.path.join(site.dirs['archive'], 'site', stamps[0])
+    assert sorted(os.listdir(archived)) == ['site.pem', 'site_full.key']
+    with open(os.path.join(archived, 'site.pem'), 'rb') as file:
+        assert file.read() == old_pem
+    assert_no_challenge_records(site, hosts)
+
+
+def test_changed_names_reissue(site):
+    dns_certificate(site, labels=('www',))
+    assert_ok(site.run())
+    hosts = dns_certificate(site, labels=('www', 'extra'))
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'the alternative names changed (+' in result.stdout
+    assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == set(hosts)
+
+
+def test_command_line_restricts_to_named_keys(site):
+    dns_certificate(site, name='one', labels=('one',))
+    dns_certificate(site, name='two', labels=('two',))
+    assert_ok(site.run('two'))
+    assert os.path.exists(site.path('certificate', 'two.pem'))
+    assert not os.path.exists(site.path('certificate', 'one.pem'))
+    assert not os.path.exists(site.path('private_key', 'one.key'))
+
+
+def test_quiet_suppresses_normal_output(site):
+    dns_certificate(site)
+    result = site.run('--quiet')
+    assert_ok(result)
+    assert result.stdout == '' and result.stderr == ''
+    assert os.path.exists(site.path('certificate', 'site.pem'))
+
+
+# ---- failures: clear error, non-zero exit, files unchanged, no records left ----------
+
+
+def issued_then_due(site, **cert):
+    hosts = dns_certificate(site, **cert)
+    assert_ok(site.run())
+    site.config['settings']['renewal_days'] = 100
+    return hosts, site.snapshot()
+
+
+def assert_failed_cleanly(site, result, before, pattern):
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    assert 'Traceback' not in result.stderr
+    assert site.snapshot() == before
+
+
+def test_ca_unreachable(site):
+    hosts, before = issued_then_due(site)
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    result = site.run()
+    assert_failed_cleanly(site, result, before,
+                          r'fetching the ACME directory https://127.0.0.1:9/dir: cannot connect')
+    assert_no_challenge_records(site, hosts)
+
+
+def test_wrong_tsig_secret(site):
+    hosts, before = issued_then_due(site)
+    with open(os.path.join(site.dirs['update_key'], 'hmac-sha256.key'), 'w') as file:
+        file.write(site.env.bind.keys['hmac-sha256'].clause().replace(
+            site.env.bind.keys['hmac-sha256'].secret, 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='))
+    result = site.run(write=True)
+    assert_failed_cleanly(site, result, before,
+                          r'authorization failed for .*adding challenge records in zone '
+                          r'example.test')
+    assert 'AAAAAAAAAAAAAAAAAAAA' not in result.stderr
+    assert_no_challenge_records(site, hosts)
+
+
+def test_http_challenge_directory_missing(site):
+    hosts, before = issued_then_due(site)
+    site.config['http_challenges'] = {hosts[0]: os.path.join(site.root, 'no-such-dir')}
+    result = site.run()
+    assert_failed_cleanly(site, result, before,
+                          r'HTTP challenge directory .*no-such-dir for .* does not exist')
+
+
+def test_http_validation_failure_reports_ca_detail(site):
+    hosts, before = issued_then_due(site)
+    unserved = os.path.join(site.root, 'not-served')
+    os.makedirs(unserved)
+    site.config['http_challenges'] = {hosts[0]: unserved}
+    result = site.run()
+    assert_failed_cleanly(site, result, before,
+                          rf'authorization failed for {re.escape(hosts[0])}: .*404.*'
+                          r'\[unauthorized\]')
+    assert os.listdir(unserved) == []
+
+
+def test_name_rejected_by_ca(site):
+    hosts, before = issued_then_due(site)
+    site.config['certificates']['site']['alt_names']['example.test'].append('blocked')
+    result = site.run()
+    assert_failed_cleanly(site, result, before,
+                          r'ordering certificate site: .*blocked\.example\.test.*'
+                          r'\[rejectedIdentifier\]')
+    assert_no_challenge_records(site, hosts)
+
+
+def test_one_failing_key_does_not_stop_the_others(site):
+    dns_certificate(site, name='good', labels=('good',))
+    site.config['certificates']['bad'] = {'alt_names': {'example.test': ['blocked']},
+                                          'common_name': 'blocked.example.test'}
+    result = site.run()
+    assert result.returncode == 1
+    assert 'bad: certificate bad:' in result.stderr
+    assert result.stdout.startswith('issued certificate good')
+    assert os.path.exists(site.path('certificate', 'good.pem'))
+    assert not os.path.exists(site.path('certificate', 'bad.pem'))
+
+
+def test_debug_shows_traceback_only_on_request(site):
+    issued_then_due(site)
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    result = site.run('--debug')
+    assert result.returncode == 1
+    assert 'Traceback' in result.stderr

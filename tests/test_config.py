@@ -1,0 +1,292 @@
+"""Configuration: loading, defaults, and clear errors (exit 2, nothing touched)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from infra import ACMEBOT, ROOT
+
+EXAMPLE = os.path.join(ROOT, 'acmebot.example.json')
+SECRET = base64.b64encode(b'0123456789abcdef0123456789abcdef').decode()
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, ACMEBOT, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60, check=False)
+
+
+def minimal(tmp_path, **extra):
+    config = {
+        'account': {'email': 'admin@example.test'},
+        'settings': {'file_group': 'root', 'dns_resolvers': '127.0.0.1',
+                     'acme_directory_url': 'https://127.0.0.1:1/dir'},
+        'directories': {name: str(tmp_path / name) for name in (
+            'resource', 'private_key', 'certificate', 'dhparam', 'archive', 'update_key',
+            'challenge', 'hpkp', 'pid')},
+        'certificates': {'example.test': {'alt_names': {'example.test': ['@', 'www']}}},
+    }
+    for path, value in extra.items():
+        node = config
+        keys = path.split('__')
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return config
+
+
+def write(tmp_path, config, name='acmebot.json'):
+    path = tmp_path / name
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    return str(path)
+
+
+def output_files(tmp_path):
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')
+                  if p.is_file() and p.name not in ('acmebot.json', 'update.key'))
+
+
+def assert_config_error(tmp_path, config, pattern):
+    write(tmp_path, config)
+    result = run(['--config', str(tmp_path / 'acmebot.json')], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    assert 'Traceback' not in result.stderr
+    assert result.stdout == ''
+    assert output_files(tmp_path) == []
+
+
+@pytest.mark.parametrize('extra, pattern', [
+    ({'settings__renewal_dayz': 30}, r'settings\.renewal_dayz: unknown setting'),
+    ({'settings__renewal_days': '30d'}, r'settings\.renewal_days: expected a whole number.*"30d"'),
+    ({'settings__slave_mode': 1}, r'settings\.slave_mode: expected true or false'),
+    ({'settings__key_size': 1024}, r'settings\.key_size: expected a whole number from 2048'),
+    ({'settings__ecparam_curve': 'secp999'}, r'settings\.ecparam_curve: expected null or one of'),
+    ({'settings__dns_resolvers': ['ns.example']}, r'settings\.dns_resolvers\[0\]: expected an IP'),
+    ({'settings__file_group': 'no-such-group-x'}, r'settings\.file_group: no such group'),
+    ({'account__email': 'not-an-address'}, r'account\.email: "not-an-address" is not an email'),
+    ({'account__eab_kid': 'kid'}, r'account\.eab_hmac_key: eab_kid and eab_hmac_key must be'),
+    ({'directories__archives': '/tmp/x'}, r'directories\.archives: unknown setting'),
+    ({'certificates__example.test__common_name': 'mail.example.test'},
+     r'certificates\.example\.test\.common_name: common name "mail\.example\.test" is not one'),
+    ({'certificates__example.test__alt_names': {'example.test': ['bad_host!']}},
+     (r'certificates\.example\.test\.alt_names\.example\.test\[0\]: "bad_host!\.example\.test" is '
+     r'not a valid host name')),
+    ({'certificates__example.test__services': ['nginx']},
+     r'certificates\.example\.test\.services\[0\]: service "nginx" is not defined'),
+    ({'certificates__example.test__hpkp_dayz': 3}, r'certificates\.example\.test\.hpkp_dayz'),
+    ({'certificates__example.test__tlsa_records': {'example.test': {'@': {'usage': 'x'}}}},
+     r'tlsa_records\.example\.test\.@\.usage: expected one of pkix-ta'),
+    ({'private_keys': {'example.test': {'certificates': {
+        'x': {'alt_names': {'example.test': ['x']}}}}}},
+     (r'private_keys\.example\.test: "example\.test" is defined in both certificates and '
+     r'private_keys')),
+    ({'private_keys': {'k': {'certificates': {
+        'x.example.test': {'alt_names': {'example.test': ['x']}, 'key_size': 4096}}}}},
+     r'private_keys\.k\.certificates\.x\.example\.test\.key_size: unknown setting'),
+    ({'zone_update_keys': {'example.test': 'missing.key'}},
+     r'zone_update_keys\.example\.test: cannot read TSIG key file .*missing\.key'),
+    ({'zone_update_keys': {'example.test': {'file': 'update.key', 'prot': 53}}},
+     r'zone_update_keys\.example\.test\.prot: unknown setting'),
+    ({'http_challenges': {'*.example.test': '/tmp'}}, r'http_challenges\.\*\.example\.test'),
+])
+def test_bad_value_names_path_and_touches_nothing(tmp_path, extra, pattern):
+    os.makedirs(tmp_path / 'update_key')
+    (tmp_path / 'update_key' / 'update.key').write_text(
+        f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n')
+    assert_config_error(tmp_path, minimal(tmp_path, **extra), pattern)
+
+
+def test_duplicate_json_key_is_an_error(tmp_path):
+    text = json.dumps(minimal(tmp_path))
+    text = text.replace('"settings": {', '"settings": {"key_size": 2048, "key_size": 4096, ', 1)
+    assert_config_error(tmp_path, text, r'duplicate key "key_size"')
+
+
+def test_invalid_json_is_an_error(tmp_path):
+    assert_config_error(tmp_path, '{"account": ', r'is not valid JSON')
+
+
+def test_unreadable_tsig_key_is_an_error(tmp_path):
+    os.makedirs(tmp_path / 'update_key')
+    key = tmp_path / 'update_key' / 'update.key'
+    key.write_text('not a key at all\n')
+    assert_config_error(tmp_path, minimal(tmp_path, zone_update_keys={'example.test':
+                                                                      'update.key'}),
+                        r'neither a BIND key clause nor a dnssec-keygen')
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    result = run(['--config', 'nothing-here.json'], tmp_path)
+    assert result.returncode == 2
+    assert 'configuration file "nothing-here.json" not found' in result.stderr
+    assert '/etc/acmebot' in result.stderr
+
+
+def test_unknown_private_key_on_command_line(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    result = run(['--config', path, 'nosuchkey'], tmp_path)
+    assert result.returncode == 2
+    assert 'no private key named nosuchkey' in result.stderr
+    assert output_files(tmp_path) == []
+
+
+def test_relative_config_name_is_found_in_current_directory(tmp_path):
+    config = minimal(tmp_path, settings__renewal_days='x')
+    write(tmp_path, config, 'other.json')
+    result = run(['--config', 'other.json'], tmp_path)
+    assert result.returncode == 2
+    assert 'settings.renewal_days' in result.stderr
+
+
+def test_default_config_name_is_acmebot_json(tmp_path):
+    write(tmp_path, minimal(tmp_path, settings__key_size='big'))
+    result = run([], tmp_path)
+    assert result.returncode == 2
+    assert 'settings.key_size' in result.stderr
+
+
+def test_help_documents_every_option(tmp_path):
+    result = run(['--help'], tmp_path)
+    assert result.returncode == 0
+    for option in ('--config', '--verbose', '--debug', '--quiet', 'PRIVATE_KEY', 'Exit status'):
+        assert option in result.stdout
+
+
+def test_bad_option_exits_2(tmp_path):
+    result = run(['--no-such-option'], tmp_path)
+    assert result.returncode == 2
+
+
+def test_defaults_follow_the_seed(acmebot_module, tmp_path):
+    m = acmebot_module
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'certificates': {
+        'example.test': {'alt_names': {'example.test': '@'}}}}, str(tmp_path / 'a.json'))
+    s = config.settings
+    assert (s.slave_mode, s.key_size, s.dhparam_size, s.ecparam_curve, s.file_user) == (
+        False, 4096, 2048, 'secp384r1', 'root')
+    assert (s.hpkp_days, s.pin_subdomains, s.renewal_days, s.expiration_days) == (
+        30, True, 30, 730)
+    assert (s.max_dns_lookup_attempts, s.dns_lookup_delay, s.max_authorization_attempts,
+            s.authorization_delay) == (60, 10, 30, 10)
+    assert s.acme_directory_url == 'https://acme-v02.api.letsencrypt.org/directory'
+    d = config.directories
+    assert (d.pid, d.resource, d.private_key, d.certificate, d.dhparam, d.challenge, d.hpkp,
+            d.archive, d.update_key) == (
+        '/var/run', '/var/local/acmebot', '/etc/ssl/private', '/etc/ssl/certs',
+        '/etc/ssl/private', '/etc/ssl/challenges', '/etc/ssl/hpkp', '/etc/ssl/archive',
+        '/etc/ssl/update_keys')
+    cert = config.private_keys[0].certificates[0]
+    assert cert.common_name == 'example.test'
+    assert cert.dns_names == ('example.test',)   # a single string accepted as a list
+
+
+def test_inheritance_settings_key_certificate(acmebot_module, tmp_path):
+    config = acmebot_module.parse_config({
+        'settings': {'file_group': 'root', 'key_size': 3072, 'dhparam_size': 1024,
+                     'hpkp_days': 10},
+        'private_keys': {'k': {'key_size': 2048, 'certificates': {
+            'a.example.test': {'alt_names': {'example.test': ['a']}, 'dhparam_size': 0,
+                  'ecparam_curve': None},
+            'b': {'alt_names': {'example.test': ['b', '*']}, 'common_name': 'b.example.test'},
+        }}}}, str(tmp_path / 'a.json'))
+    key = config.private_keys[0]
+    assert (key.key_size, key.hpkp_days) == (2048, 10)
+    a, b = key.certificates
+    assert (a.dhparam_size, a.ecparam_curve) == (0, None)
+    assert (b.dhparam_size, b.ecparam_curve) == (1024, 'secp384r1')
+    assert b.dns_names == ('b.example.test', '*.example.test')
+
+
+def example_config(tmp_path):
+    """acmebot.example.json with its <placeholders> filled in and its key files present."""
+    with open(EXAMPLE) as file:
+        text = re.sub(r'<([^>]*)>', r'\1', file.read())
+    data = json.loads(text)
+    keys = tmp_path / 'keys'
+    keys.mkdir()
+    (keys / 'update.example.com.key').write_text(
+        f'key "update.example.com." {{\n\talgorithm hmac-sha256;\n\tsecret "{SECRET}";\n}};\n')
+    (keys / 'Kupdate.example.org.+157+12345.key').write_text(
+        f'update.example.org. IN KEY 512 3 157 {SECRET}\n')
+    (keys / 'Kupdate.example.org.+157+12345.private').write_text(
+        f'Private-key-format: v1.3\nAlgorithm: 157 (HMAC_MD5)\nKey: {SECRET}\nBits: AAA=\n')
+    data['directories']['update_key'] = str(keys)
+    data['settings']['file_group'] = 'root'
+    return data
+
+
+def test_example_config_loads(acmebot_module, tmp_path):
+    config = acmebot_module.parse_config(example_config(tmp_path), str(tmp_path / 'a.json'))
+    assert [key.name for key in config.private_keys] == ['www.example.org', 'example.com']
+    example = config.private_keys[1]
+    assert [cert.name for cert in example.certificates] == ['example.com', 'mail.example.com']
+    assert example.certificates[0].dns_names == ('example.com', 'www.example.com',
+                                                 '*.example.com')
+    smtp = next(r for r in example.certificates[1].tlsa_records if r.host == 'smtp.example.com')
+    assert smtp.ports == (25, 465, 587) and smtp.usage.name == 'DANE_EE'
+    keys = config.zone_update_keys
+    assert keys['example.com'].key.algorithm == 'hmac-sha256'
+    assert keys['example.org'].key.algorithm == 'hmac-md5'
+    assert keys['example.org'].key.name == 'update.example.org'
+    assert keys['example.org'].server == 'ns1.example.org'
+    assert config.http_challenges == {
+        'www.example.org': '/var/www/htdocs/.well-known/acme-challenge'}
+    assert [h.name for h in config.authorizations] == ['example.com', 'www.example.com']
+
+
+def test_example_config_mentions_every_setting(acmebot_module):
+    m = acmebot_module
+    with open(EXAMPLE) as file:
+        data = json.load(file)
+    assert set(data) == {'account', 'settings', 'directories', 'services', 'certificates',
+                         'private_keys', 'authorizations', 'http_challenges',
+                         'zone_update_keys'}
+    assert set(data['settings']) == set(m.DEFAULT_SETTINGS)
+    assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
+    assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}
+    cert = data['certificates']['<www.example.org>']
+    assert set(cert) == {'common_name', 'alt_names', 'services', 'dhparam_size',
+                         'ecparam_curve', 'key_size', 'expiration_days', 'hpkp_days',
+                         'pin_subdomains', 'tlsa_records'}
+    key = data['private_keys']['<example.com>']
+    assert set(key) == {'certificates', 'key_size', 'expiration_days', 'hpkp_days',
+                        'pin_subdomains'}
+    tlsa = key['certificates']['<example.com>']['tlsa_records']['<example.com>']['www']
+    assert set(tlsa) == {'ports', 'usage', 'selector', 'protocol', 'ttl'}
+    assert set(data['zone_update_keys']['<example.org>']) == {'file', 'server', 'port'}
+
+
+def test_tsig_key_file_forms(acmebot_module, tmp_path):
+    m = acmebot_module
+    clause = tmp_path / 'tsig.key'
+    clause.write_text(f'key "update.example.test" {{\n    algorithm hmac-sha512;\n'
+                      f'    secret "{SECRET}";\n}};\n')
+    key = m.load_tsig_key(str(clause), 'p')
+    assert (key.name, key.algorithm, key.secret) == (
+        'update.example.test', 'hmac-sha512', base64.b64decode(SECRET))
+    assert SECRET not in repr(key) and base64.b64decode(SECRET).hex() not in repr(key)
+    (tmp_path / 'Kname.+163+00001.key').write_text(
+        f'name.example.test. IN KEY 512 3 163 {SECRET}\n')
+    (tmp_path / 'Kname.+163+00001.private').write_text(
+        f'Private-key-format: v1.3\nAlgorithm: 163 (HMAC_SHA256)\nKey: {SECRET}\n')
+    legacy = m.load_tsig_key(str(tmp_path / 'Kname.+163+00001.key'), 'p')
+    assert (legacy.name, legacy.algorithm) == ('name.example.test', 'hmac-sha256')
+    os.unlink(tmp_path / 'Kname.+163+00001.private')
+    with pytest.raises(m.ConfigError, match=r'p: cannot read TSIG key file .*\.private'):
+        m.load_tsig_key(str(tmp_path / 'Kname.+163+00001.key'), 'p')
+
+
+def test_resolver_addresses(acmebot_module):
+    parse = acmebot_module.parse_resolver_address
+    assert parse('127.0.0.1', 'p') == ('127.0.0.1', 53)
+    assert parse('127.0.0.1:5353', 'p') == ('127.0.0.1', 5353)
+    assert parse('[::1]:5353', 'p') == ('::1', 5353)
+    assert parse('::1', 'p') == ('::1', 53)
+    with pytest.raises(acmebot_module.ConfigError):
+        parse('localhost', 'p')
