@@ -213,7 +213,7 @@ class Pebble:
 
 def make_tls_certificate(directory: str) -> None:
     """A throw-away CA and a certificate for 127.0.0.1/localhost for Pebble's HTTPS."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'acmebot test CA')])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -7,6 +7,8 @@ import os
 import re
 import stat
 import sys
+import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -116,6 +118,10 @@ def test_dns01_remote_first_run_installs_every_file(site):
         assert mode(path) == wanted, name
         assert (os.stat(path).st_uid, os.stat(path).st_gid) == nobody, name
     assert mode(site.path('resource', 'client_key.json')) == 0o600
+    assert mode(site.dirs['resource']) == 0o700
+    assert mode(site.dirs['private_key']) == 0o710
+    assert os.stat(site.dirs['private_key']).st_gid == nobody[1]
+    assert mode(site.dirs['certificate']) == 0o755
     registration = json.loads(site.read('resource', 'registration.json'))
     assert registration['contact'] == ['mailto:admin@example.test']
     assert registration['uri'].startswith('https://127.0.0.1:14000/')
@@ -147,6 +153,29 @@ def test_tsig_algorithms_and_key_file_forms(site, algorithm, legacy):
     assert san(pem_certificates(site.read('certificate', f'{host}.pem'))[0]) == {host}
 
 
+class RecordWatcher(threading.Thread):
+    """Polls BIND for challenge TXT records while acmebot runs."""
+
+    def __init__(self, site, hosts):
+        super().__init__(daemon=True)
+        self.site, self.hosts, self.seen, self.done = site, hosts, set(), threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for host in self.hosts:
+                if self.site.env.bind.query(f'_acme-challenge.{host}', 'TXT'):
+                    self.seen.add(host)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *args):
+        self.done.set()
+        self.join()
+
+
 def test_batch_one_update_per_zone_for_the_whole_run(site):
     """Two private keys, four names, two zones: one RFC 2136 update message per zone to add
     and one to remove (BIND bumps the zone serial once per update message)."""
@@ -161,8 +190,10 @@ def test_batch_one_update_per_zone_for_the_whole_run(site):
     }
     serials = {zone: int(site.env.bind.query(zone, 'SOA')[0].split()[2])
                for zone in ('example.test', 'other.test')}
-    result = site.run('--verbose')
+    with RecordWatcher(site, a + b) as watcher:
+        result = site.run('--verbose')
     assert_ok(result)
+    assert watcher.seen == set(a + b)      # present in BIND during the run
     assert result.stdout.count('deploying') == 2
     for zone, serial in serials.items():
         assert int(site.env.bind.query(zone, 'SOA')[0].split()[2]) == serial + 2, zone
@@ -269,8 +300,9 @@ def test_account_reused_and_email_change_updates_registration(site):
 
 
 def test_renewal_window_reissues_and_archives(site):
-    hosts = dns_certificate(site)
+    hosts = dns_certificate(site, dhparam_size=512)
     assert_ok(site.run())
+    params = site.read('dhparam', 'site.param')
     old = site.snapshot()
     old_pem = site.read('certificate', 'site.pem')
     site.config['settings']['renewal_days'] = 100    # Pebble issues for 90 days
@@ -285,6 +317,7 @@ def test_renewal_window_reissues_and_archives(site):
     assert len(stamps) == 1 and re.match(r'^\d{4}_\d\d_\d\d_\d{6}$', stamps[0])
     archived = os.path.join(site.dirs['archive'], 'site', stamps[0])
     assert sorted(os.listdir(archived)) == ['site.pem', 'site_full.key']
+    assert site.read('dhparam', 'site.param') == params     # DH parameters are kept
     with open(os.path.join(archived, 'site.pem'), 'rb') as file:
         assert file.read() == old_pem
     assert_no_challenge_records(site, hosts)
@@ -298,6 +331,34 @@ def test_changed_names_reissue(site):
     assert_ok(result)
     assert 'the alternative names changed (+' in result.stdout
     assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == set(hosts)
+
+
+def test_key_replaced_by_hand_is_detected_and_reissued(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    replacement = load_key(site.read('private_key', 'site_backup.key'))
+    with open(site.path('private_key', 'site.key'), 'wb') as file:
+        file.write(site.read('private_key', 'site_backup.key'))
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'the certificate does not match the private key' in result.stdout
+    assert spki(pem_certificates(site.read('certificate', 'site.pem'))[0]) == spki(replacement)
+    assert site.read('private_key', 'site_full.key').startswith(
+        site.read('private_key', 'site_backup.key'))
+
+
+def test_unreadable_key_file_fails_that_key_only(site):
+    dns_certificate(site, name='good', labels=('good',))
+    dns_certificate(site, name='broken', labels=('broken',))
+    os.makedirs(site.dirs['private_key'])
+    with open(site.path('private_key', 'broken.key'), 'w') as file:
+        file.write('garbage')
+    result = site.run()
+    assert result.returncode == 1
+    assert 'broken.key is not a readable PEM private key' in result.stderr
+    assert os.path.exists(site.path('certificate', 'good.pem'))
+    assert not os.path.exists(site.path('certificate', 'broken.pem'))
+    assert site.read('private_key', 'broken.key') == b'garbage'
 
 
 def test_command_line_restricts_to_named_keys(site):
@@ -404,3 +465,22 @@ def test_debug_shows_traceback_only_on_request(site):
     result = site.run('--debug')
     assert result.returncode == 1
     assert 'Traceback' in result.stderr
+
+
+def test_repeated_bad_nonces_are_retried(site):
+    """A Pebble rejecting 30% of good nonces: two or three badNonce errors in a row happen
+    and must be retried."""
+    from infra import Pebble
+    pebble = Pebble(os.path.join(site.root, 'pebble-nonce'), 14002, 15002,
+                    env={'PEBBLE_WFE_NONCEREJECT': '30'})
+    pebble.start()
+    try:
+        site.config['settings'].update(acme_directory_url=pebble.url,
+                                       acme_ca_bundle=pebble.ca_file)
+        dns_certificate(site, name='one', labels=('n1',))
+        dns_certificate(site, name='two', labels=('n2', 'n3'))
+        result = site.run('--debug')
+        assert_ok(result)
+        assert 'retrying after badNonce' in result.stdout
+    finally:
+        pebble.stop()

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
+NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
 
 
 def self_signed(m, key, names, days_left, cn=None):
