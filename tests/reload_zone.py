@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import time
 
 import dns.name
 import dns.query
@@ -21,6 +22,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument('--challenges', required=True)
 parser.add_argument('--key-file', required=True)
 parser.add_argument('--log', required=True)
+parser.add_argument('--slow', action='store_true', help='sleep after setting records')
 parser.add_argument('zone')
 args = parser.parse_args()
 
@@ -55,3 +57,5 @@ with open(state_path, 'w') as file:
     json.dump(sorted(wanted), file)
 with open(args.log, 'a') as file:
     file.write(json.dumps({'zone': args.zone, 'records': wanted}) + '\n')
+if args.slow and wanted:
+    time.sleep(60)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from infra import TSIG_ALGORITHMS
+from infra import ACMEBOT, TSIG_ALGORITHMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -256,6 +258,29 @@ def test_local_dns_challenge_file_and_reload(site):
     assert not os.path.exists(os.path.join(site.dirs['challenge'], 'local.test'))
     assert_no_challenge_records(site, hosts)
     assert san(pem_certificates(site.read('certificate', 'local.pem'))[0]) == set(hosts)
+
+
+def test_sigterm_mid_run_still_removes_challenges(site):
+    log = local_zone_site(site)
+    site.config['settings']['reload_zone_command'] += ' --slow'
+    host = site.host('term', 'local.test')
+    site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
+    site.write_config()
+    process = subprocess.Popen([sys.executable, ACMEBOT, '--config', site.config_path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(log) and site.env.bind.query(f'_acme-challenge.{host}', 'TXT')):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert 'interrupted' in stderr and 'Traceback' not in stderr
+    assert_no_challenge_records(site, [host])
+    assert not os.path.exists(os.path.join(site.dirs['challenge'], 'local.test'))
+    with open(log) as file:
+        assert len(file.readlines()) == 2     # deployed, then removed
+    assert not os.path.exists(site.path('certificate', f'{host}.pem'))
 
 
 def test_local_dns_without_reload_command_fails_clearly(site):
