@@ -273,7 +273,7 @@ def test_sigterm_mid_run_still_removes_challenges(site):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert 'interrupted' in stderr and 'Traceback' not in stderr
     assert_no_challenge_records(site, [host])
