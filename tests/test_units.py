@@ -135,19 +135,24 @@ def test_commit_writes_modes_archives_and_skips_unchanged(acmebot_module, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+def rename_failing_at(call, error):
+    """A rename that does its job until the call-th time, which raises error instead."""
+    calls = []
+
+    def rename(source, target):
+        calls.append(target)
+        if len(calls) == call:
+            raise error
+        os.replace(source, target)
+    return rename
+
+
 def test_failed_rename_rolls_back_to_the_old_set(acmebot_module, tmp_path):
     m = acmebot_module
     old, new = old_and_new(m, tmp_path)
     transaction(m, tmp_path).commit(old)
-    calls = []
-
-    def failing_rename(source, target):
-        calls.append(target)
-        if len(calls) == 2:
-            raise OSError(28, 'No space left on device')
-        os.replace(source, target)
     with pytest.raises(m.FileError, match='rolled back'):
-        transaction(m, tmp_path, failing_rename).commit(new)
+        transaction(m, tmp_path, rename_failing_at(2, OSError(28, 'No space left'))).commit(new)
     assert contents(old) == [b'old key', b'old cert']
     assert leftovers(tmp_path) == []
 
@@ -156,15 +161,8 @@ def test_kill_during_renames_is_completed_by_the_next_run(acmebot_module, tmp_pa
     m = acmebot_module
     old, new = old_and_new(m, tmp_path)
     transaction(m, tmp_path).commit(old)
-    calls = []
-
-    def killed_rename(source, target):
-        calls.append(target)
-        if len(calls) == 2:
-            raise Killed
-        os.replace(source, target)
     with pytest.raises(Killed):
-        transaction(m, tmp_path, killed_rename).commit(new)
+        transaction(m, tmp_path, rename_failing_at(2, Killed())).commit(new)
     assert contents(new)[0] == b'new key' and contents(old)[1] == b'old cert'  # mixed now
     m.recover_transactions(str(tmp_path / 'archive'),
                            [str(tmp_path / 'private'), str(tmp_path / 'certs')])
@@ -177,11 +175,8 @@ def test_kill_before_renames_leaves_old_set_and_recovery_removes_temps(acmebot_m
     m = acmebot_module
     old, new = old_and_new(m, tmp_path)
     transaction(m, tmp_path).commit(old)
-
-    def killed_rename(source, target):
-        raise Killed
     with pytest.raises(Killed):
-        transaction(m, tmp_path, killed_rename).commit(new)
+        transaction(m, tmp_path, rename_failing_at(1, Killed())).commit(new)
     # Killed at the first rename, before any file changed: the journal rolls forward.
     os.unlink(tmp_path / 'archive' / 'k' / 'transaction.json')   # as if killed before it
     assert contents(old) == [b'old key', b'old cert']
