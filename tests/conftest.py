@@ -118,7 +118,8 @@ class Site:
     def snapshot(self) -> dict[str, bytes]:
         """Every file below the site's output directories, by relative path."""
         files = {}
-        for directory in ('private_key', 'certificate', 'dhparam', 'archive', 'resource'):
+        for directory in ('private_key', 'certificate', 'dhparam', 'archive', 'resource',
+                          'hpkp'):
             for base, _, names in os.walk(self.dirs[directory]):
                 for name in names:
                     path = os.path.join(base, name)
