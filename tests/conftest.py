@@ -115,6 +115,15 @@ class Site:
         with open(self.path(directory, name), 'rb') as file:
             return file.read()
 
+    def archived(self) -> dict[str, list[bytes]]:
+        """Contents of every archived file, by file name."""
+        found: dict[str, list[bytes]] = {}
+        for base, _, names in os.walk(self.dirs['archive']):
+            for name in names:
+                with open(os.path.join(base, name), 'rb') as file:
+                    found.setdefault(name, []).append(file.read())
+        return found
+
     def snapshot(self) -> dict[str, bytes]:
         """Every file below the site's output directories, by relative path."""
         files = {}

@@ -6,68 +6,27 @@ import json
 import os
 import re
 import signal
-import stat
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from helpers import (
+    assert_no_challenge_records,
+    assert_ok,
+    common_name,
+    dns_certificate,
+    load_key,
+    mode,
+    pem_certificates,
+    san,
+    spki,
+)
 from infra import ACMEBOT, TSIG_ALGORITHMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def pem_certificates(data: bytes) -> list[x509.Certificate]:
-    blocks = re.findall(rb'-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----', data, re.DOTALL)
-    return [x509.load_pem_x509_certificate(block) for block in blocks]
-
-
-def spki(key_or_cert) -> bytes:
-    return key_or_cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def load_key(data: bytes):
-    return serialization.load_pem_private_key(data, None)
-
-
-def san(cert: x509.Certificate) -> set[str]:
-    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return set(ext.get_values_for_type(x509.DNSName))
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return names[0].value if names else None
-
-
-def mode(path: str) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def dns_certificate(site, name='site', labels=('www',), zone='example.test', **cert):
-    """Configure one certificate validated by DNS-01 with remote (RFC 2136) updates."""
-    hosts = [site.host(label, zone) for label in labels]
-    site.config.setdefault('zone_update_keys', {})[zone] = site.update_key()
-    site.config.setdefault('certificates', {})[name] = {
-        'common_name': hosts[0],
-        'alt_names': {zone: [h.removesuffix('.' + zone) if h != zone else '@' for h in hosts]},
-        **cert}
-    return hosts
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert 'Traceback' not in result.stderr
-
-
-def assert_no_challenge_records(site, hosts):
-    for host in hosts:
-        assert site.env.bind.query(f'_acme-challenge.{host.removeprefix("*.")}', 'TXT') == []
 
 
 def test_dns01_remote_first_run_installs_every_file(site):
@@ -493,11 +452,11 @@ def test_debug_shows_traceback_only_on_request(site):
 
 
 def test_repeated_bad_nonces_are_retried(site):
-    """A Pebble rejecting 30% of good nonces: two or three badNonce errors in a row happen
-    and must be retried."""
+    """A Pebble rejecting 40% of good nonces: two or three badNonce errors in a row happen
+    (the acme package retries only once) and must be retried."""
     from infra import Pebble
     pebble = Pebble(os.path.join(site.root, 'pebble-nonce'), 14002, 15002,
-                    env={'PEBBLE_WFE_NONCEREJECT': '30'})
+                    env={'PEBBLE_WFE_NONCEREJECT': '40'})
     pebble.start()
     try:
         site.config['settings'].update(acme_directory_url=pebble.url,
@@ -506,6 +465,6 @@ def test_repeated_bad_nonces_are_retried(site):
         dns_certificate(site, name='two', labels=('n2', 'n3'))
         result = site.run('--debug')
         assert_ok(result)
-        assert 'retrying after badNonce' in result.stdout
+        assert 'badNonce' in result.stdout      # the --debug log shows the rejections
     finally:
         pebble.stop()

@@ -1,0 +1,286 @@
+"""Key lifecycle end to end: shared keys, backup keys, rollover, HPKP files, --renew,
+--revoke and service reloads, against Pebble, BIND, nginx and Apache."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import assert_ok, dns_certificate, load_key, pem_certificates, spki
+from servers import APACHE_ADDRESS, NGINX_ADDRESS, fetch_headers, run_apache, run_nginx, stop
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DAY = 86400
+
+
+def shared_key_site(site, services=None):
+    """The seed's example: one private key, certificates example.com and mail.example.com."""
+    site.config['zone_update_keys'] = {'example.test': site.update_key()}
+    www, mail, smtp = site.host('www'), site.host('mail'), site.host('smtp')
+    site.config['private_keys'] = {'shared': {
+        'certificates': {
+            'main': {'common_name': www, 'alt_names': {'example.test': [www.split('.')[0]]},
+                     'services': (services or {}).get('main', [])},
+            'mail': {'common_name': mail, 'alt_names': {'example.test': [
+                mail.split('.')[0], smtp.split('.')[0]]},
+                'services': (services or {}).get('mail', [])},
+        },
+        'hpkp_days': 30, 'pin_subdomains': True}}
+    return www, mail, smtp
+
+
+def age_file(path, days):
+    """Make a file look days old (acmebot takes a key's age from its time stamp)."""
+    when = time.time() - days * DAY
+    os.utime(path, (when, when))
+
+
+def pins_of(*keys):
+    return [base64.b64encode(hashlib.sha256(spki(key)).digest()).decode() for key in keys]
+
+
+def test_shared_key_gives_one_key_pair_for_all_certificates(site):
+    shared_key_site(site)
+    assert_ok(site.run())
+    key = load_key(site.read('private_key', 'shared.key'))
+    for name in ('main', 'mail'):
+        assert spki(pem_certificates(site.read('certificate', f'{name}.pem'))[0]) == spki(key)
+        assert site.read('private_key', f'{name}_full.key').startswith(
+            site.read('private_key', 'shared.key'))
+    assert sorted(os.listdir(site.dirs['private_key'])) == [
+        'mail_full.key', 'main_full.key', 'shared.key', 'shared_backup.key']
+    assert sorted(os.listdir(site.dirs['hpkp'])) == ['shared.apache', 'shared.nginx']
+
+
+def test_hpkp_files_carry_both_pins(site):
+    shared_key_site(site)
+    site.config['private_keys']['shared'].update(hpkp_days=45, pin_subdomains=True)
+    assert_ok(site.run())
+    primary = load_key(site.read('private_key', 'shared.key'))
+    backup = load_key(site.read('private_key', 'shared_backup.key'))
+    value = (f'pin-sha256="{pins_of(primary)[0]}"; pin-sha256="{pins_of(backup)[0]}"; '
+             f'max-age={45 * DAY}; includeSubDomains')
+    assert site.read('hpkp', 'shared.nginx').decode() == (
+        f"add_header Public-Key-Pins '{value}' always;\n")
+    assert site.read('hpkp', 'shared.apache').decode() == (
+        'Header always set Public-Key-Pins "{}"\n'.format(value.replace('"', '\\"')))
+
+    # Without pin_subdomains the directive goes; with hpkp_days 0 the files are archived.
+    site.config['private_keys']['shared']['pin_subdomains'] = False
+    assert_ok(site.run())
+    assert 'includeSubDomains' not in site.read('hpkp', 'shared.nginx').decode()
+    site.config['private_keys']['shared']['hpkp_days'] = 0
+    assert_ok(site.run())
+    assert os.listdir(site.dirs['hpkp']) == []
+    assert {'shared.nginx', 'shared.apache'} <= set(site.archived())
+
+
+def test_seed_server_snippets_work_in_nginx_and_apache(site):
+    """nginx and Apache load the files through the seed's snippets and send the pins."""
+    with open(os.path.join(site.root, 'root_cert.pem'), 'wb') as file:
+        file.write(site.env.pebble.root_pem())
+    # OpenSSL 3 servers refuse DH parameters under 2048 bits. Generating them takes up to a
+    # minute, so the RFC 7919 group is put in place first: acmebot keeps existing parameters.
+    site.config['settings']['dhparam_size'] = 2048
+    ffdhe2048 = subprocess.run(['openssl', 'genpkey', '-genparam', '-algorithm', 'DH',
+                                '-pkeyopt', 'group:ffdhe2048'], capture_output=True,
+                               check=True).stdout
+    os.makedirs(site.dirs['dhparam'])
+    with open(site.path('dhparam', 'web.param'), 'wb') as file:
+        file.write(ffdhe2048)
+    hosts = dns_certificate(site, name='web')
+    assert_ok(site.run())
+    assert ffdhe2048 in site.read('certificate', 'web.pem')
+    primary = load_key(site.read('private_key', 'web.key'))
+    backup = load_key(site.read('private_key', 'web_backup.key'))
+    expected = (f'pin-sha256="{pins_of(primary)[0]}"; pin-sha256="{pins_of(backup)[0]}"; '
+                f'max-age={30 * DAY}; includeSubDomains')
+    root = site.env.pebble.root_pem()
+    for runner, address in ((run_nginx, NGINX_ADDRESS), (run_apache, APACHE_ADDRESS)):
+        server = runner(site, 'web', os.path.join(site.root, runner.__name__))
+        try:
+            headers = fetch_headers(address, hosts[0], root)
+        finally:
+            stop(server)
+        assert headers['status'].endswith(' 200 OK'), (runner.__name__, headers)
+        assert headers['public-key-pins'] == expected, runner.__name__
+        assert headers['strict-transport-security'] == 'max-age=31536000', runner.__name__
+
+
+def test_backup_key_expiry_warns_every_run_without_rolling_over(site):
+    dns_certificate(site, expiration_days=100)
+    assert_ok(site.run())
+    age_file(site.path('private_key', 'site_backup.key'), 101)
+    before = site.snapshot()
+    for _ in range(2):
+        result = site.run()
+        assert_ok(result)
+        assert result.stdout == ''
+        warnings = [line for line in result.stderr.splitlines() if 'WARNING' in line]
+        assert len(warnings) == 1
+        assert 'site: the backup key is 101 days old, past expiration_days (100)' in warnings[0]
+        assert 'acmebot --rollover site' in warnings[0]
+    assert site.snapshot() == before
+
+
+def test_rollover_refused_inside_hpkp_window_then_forced(site):
+    site.config['settings']['dhparam_size'] = 512
+    dns_certificate(site, hpkp_days=30)
+    assert_ok(site.run())
+    age_file(site.path('private_key', 'site_backup.key'), 10)
+    before = site.snapshot()
+    refused = site.run('--rollover')
+    assert refused.returncode == 1
+    assert re.search(r'site: refusing to roll over: the backup key is 10 days old, younger '
+                     r'than hpkp_days \(30\).*--force', refused.stderr)
+    assert site.snapshot() == before
+
+    old_primary = site.read('private_key', 'site.key')
+    old_backup = site.read('private_key', 'site_backup.key')
+    old_params = site.read('dhparam', 'site.param')
+    result = site.run('--rollover', '--force')
+    assert_ok(result)
+    assert result.stdout.startswith('issued certificate site')
+    assert site.read('private_key', 'site.key') == old_backup       # promoted as it was
+    new_backup = site.read('private_key', 'site_backup.key')
+    assert new_backup not in (old_primary, old_backup)
+    leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    assert spki(leaf) == spki(load_key(old_backup))
+    assert site.read('dhparam', 'site.param') != old_params         # regenerated
+    pins = pins_of(load_key(old_backup), load_key(new_backup))
+    assert f'pin-sha256="{pins[0]}"; pin-sha256="{pins[1]}"' in site.read(
+        'hpkp', 'site.nginx').decode()
+    assert site.archived()['site.key'] == [old_primary]
+
+
+def test_rollover_allowed_once_backup_is_older_than_hpkp_days(site):
+    dns_certificate(site, hpkp_days=30)
+    assert_ok(site.run())
+    age_file(site.path('private_key', 'site_backup.key'), 31)
+    old_backup = site.read('private_key', 'site_backup.key')
+    assert_ok(site.run('--rollover'))
+    assert site.read('private_key', 'site.key') == old_backup
+
+
+def test_rollover_of_named_key_only(site):
+    dns_certificate(site, name='one', labels=('r1',), hpkp_days=0)
+    dns_certificate(site, name='two', labels=('r2',), hpkp_days=0)
+    assert_ok(site.run())
+    one, two = site.read('private_key', 'one.key'), site.read('private_key', 'two.key')
+    assert_ok(site.run('--rollover', 'one'))
+    assert site.read('private_key', 'one.key') != one
+    assert site.read('private_key', 'two.key') == two
+
+
+def test_renew_reissues_regardless_of_age(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    key = site.read('private_key', 'site.key')
+    pem = site.read('certificate', 'site.pem')
+    result = site.run('--renew')
+    assert_ok(result)
+    assert result.stdout.startswith('issued certificate site')
+    assert site.read('certificate', 'site.pem') != pem
+    assert site.read('private_key', 'site.key') == key
+
+
+def test_revoke_requires_key_names(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    before = site.snapshot()
+    result = site.run('--revoke')
+    assert result.returncode == 2
+    assert '--revoke needs the names of the private keys' in result.stderr
+    assert site.snapshot() == before
+
+
+def test_revoke_then_next_run_rolls_over_and_reissues(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    old_backup = site.read('private_key', 'site_backup.key')
+    leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
+    result = site.run('--revoke', 'site')
+    assert_ok(result)
+    assert f'revoked certificate site (serial {leaf.serial_number:x})' in result.stdout
+    assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Revoked'
+    for directory, name in (('certificate', 'site.pem'), ('private_key', 'site.key'),
+                            ('private_key', 'site_full.key')):
+        assert not os.path.exists(site.path(directory, name)), name
+    assert {'site.pem', 'site.key', 'site_full.key'} <= set(site.archived())
+
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'roll over to the backup key because the primary key is missing' in result.stdout
+    assert site.read('private_key', 'site.key') == old_backup
+    new_leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    assert spki(new_leaf) == spki(load_key(old_backup))
+    assert site.env.pebble.certificate_status(new_leaf.serial_number)['Status'] == 'Valid'
+
+
+def service_commands(site, fail=()):
+    log = os.path.join(site.root, 'services.log')
+    site.config['services'] = {
+        name: f'{sys.executable} {HERE}/record_call.py {log} {name}'
+        + (' --fail' if name in fail else '')
+        for name in ('nginx', 'dovecot', 'postfix', 'unused')}
+    return log
+
+
+def calls(log):
+    if not os.path.exists(log):
+        return []
+    with open(log) as file:
+        return file.read().split()
+
+
+def test_services_reloaded_once_per_run_and_not_on_a_no_op_run(site):
+    log = service_commands(site)
+    shared_key_site(site, services={'main': ['nginx'], 'mail': ['dovecot', 'postfix',
+                                                                'nginx']})
+    assert_ok(site.run())
+    assert sorted(calls(log)) == ['dovecot', 'nginx', 'postfix']
+    assert_ok(site.run())
+    assert sorted(calls(log)) == ['dovecot', 'nginx', 'postfix']     # nothing changed
+    # Renewing only 'main' (named key covers both certificates, --renew both) reloads each once.
+    assert_ok(site.run('--renew'))
+    assert sorted(calls(log)) == ['dovecot', 'dovecot', 'nginx', 'nginx', 'postfix',
+                                  'postfix']
+
+
+def test_only_services_of_changed_certificates_are_reloaded(site):
+    log = service_commands(site)
+    dns_certificate(site, name='a', labels=('sa',), services=['nginx'])
+    dns_certificate(site, name='b', labels=('sb',), services=['postfix'])
+    assert_ok(site.run())
+    assert sorted(calls(log)) == ['nginx', 'postfix']
+    assert_ok(site.run('--renew', 'b'))
+    assert sorted(calls(log)) == ['nginx', 'postfix', 'postfix']
+
+
+def test_failing_service_is_reported_and_files_stay(site):
+    log = service_commands(site, fail=('dovecot',))
+    dns_certificate(site, services=['dovecot', 'nginx'])
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'reloading service dovecot failed: .*record_call.py .* dovecot --fail '
+                     r'exited with status 3: dovecot: configuration test failed',
+                     result.stderr)
+    assert 'Traceback' not in result.stderr
+    assert sorted(calls(log)) == ['dovecot', 'nginx']
+    assert pem_certificates(site.read('certificate', 'site.pem'))
+
+
+@pytest.mark.parametrize('option', ['--rollover', '--renew'])
+def test_forced_actions_without_config_changes_reload_services(site, option):
+    log = service_commands(site)
+    dns_certificate(site, services=['nginx'], hpkp_days=0)
+    assert_ok(site.run())
+    assert_ok(site.run(option))
+    assert calls(log) == ['nginx', 'nginx']
