@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pem_certificates(data: bytes) -> list[x509.Certificate]:
@@ -58,3 +61,14 @@ def assert_ok(result):
 def assert_no_challenge_records(site, hosts):
     for host in hosts:
         assert site.env.bind.query(f'_acme-challenge.{host.removeprefix("*.")}', 'TXT') == []
+
+
+def local_zone_site(site):
+    """Local DNS updates through tests/reload_zone.py, which applies challenge files to
+    BIND and logs each call; returns the log's path."""
+    log = os.path.join(site.root, 'reload.log')
+    key = site.update_key('hmac-sha256')
+    site.config['settings']['reload_zone_command'] = (
+        f'{sys.executable} {HERE}/reload_zone.py --challenges {site.dirs["challenge"]} '
+        f'--key-file {site.dirs["update_key"]}/{key} --log {log}')
+    return log

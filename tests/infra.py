@@ -24,8 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dns.message
+import dns.name
 import dns.query
 import dns.rdatatype
+import dns.tsig
+import dns.update
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -129,9 +132,71 @@ controls {{ }};
                         values.append(rdata.to_text())
         return values
 
+    def update(self, zone: str, add=(), delete=()) -> None:
+        """Change records directly (as an operator would by hand): add holds
+        (name, ttl, type, value) tuples, delete (name, type[, value]) tuples."""
+        key = self.keys['hmac-sha256']
+        update = dns.update.UpdateMessage(zone, keyring=dns.tsig.Key(
+            key.name, key.secret, key.algorithm))
+        for name, rdtype, *value in delete:
+            update.delete(dns.name.from_text(name), rdtype, *value)
+        for name, ttl, rdtype, value in add:
+            update.add(dns.name.from_text(name), ttl, rdtype, value)
+        response = dns.query.tcp(update, BIND_ADDRESS, timeout=5)
+        assert response.rcode() == 0, response
+
+    def serial(self, zone: str) -> int:
+        return int(self.query(zone, 'SOA')[0].split()[2])
+
     def stop(self) -> None:
         if self.process:
             self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class Resolver:
+    """A caching-free recursive resolver for Pebble, as a CA has: it forwards every query to
+    the test BIND only and follows CNAMEs across zones (authoritative BIND does not)."""
+    directory: str
+    port: int = 5353
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        conf = os.path.join(self.directory, 'named.conf')
+        with open(conf, 'w') as file:
+            file.write(f'''options {{
+    directory "{self.directory}";
+    pid-file "{self.directory}/named.pid";
+    session-keyfile "{self.directory}/session.key";
+    listen-on port {self.port} {{ {BIND_ADDRESS}; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-recursion {{ 127.0.0.0/8; }};
+    forward only;
+    forwarders {{ {BIND_ADDRESS} port 53; }};
+    dnssec-validation no;
+    max-cache-ttl 0;
+    max-ncache-ttl 0;
+}};
+controls {{ }};
+''')
+        with open(os.path.join(self.directory, 'named.log'), 'w') as output:
+            self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
+                                            stdout=output, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            query = dns.message.make_query('ns1.example.test', 'A')
+            return bool(dns.query.udp(query, BIND_ADDRESS, port=self.port, timeout=2).answer)
+        wait_until(answers, 'resolver')
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
@@ -185,7 +250,7 @@ class Pebble:
         env = {**os.environ, 'PEBBLE_VA_NOSLEEP': '1', 'PEBBLE_AUTHZREUSE': '0', **self.env}
         with open(os.path.join(self.directory, 'pebble.log'), 'w') as output:
             self.process = subprocess.Popen(
-                ['pebble', '-config', path, '-dnsserver', f'{BIND_ADDRESS}:53'], env=env,
+                ['pebble', '-config', path, '-dnsserver', f'{BIND_ADDRESS}:5353'], env=env,
                 stdout=output, stderr=subprocess.STDOUT)
         wait_until(lambda: self.get(self.url), 'Pebble')
 
@@ -295,7 +360,8 @@ def start_environment(root: str) -> Iterator[Environment]:
                       Pebble(os.path.join(root, 'pebble'), 14000, 15000))
     started = []
     try:
-        for server in (env.bind, env.http, env.pebble):
+        for server in (env.bind, Resolver(os.path.join(root, 'resolver')), env.http,
+                       env.pebble):
             server.start()
             started.append(server)
         yield env

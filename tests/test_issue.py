@@ -19,6 +19,7 @@ from helpers import (
     common_name,
     dns_certificate,
     load_key,
+    local_zone_site,
     mode,
     pem_certificates,
     san,
@@ -189,15 +190,6 @@ def test_http01_and_dns01_mixed(site):
     assert f'{dnsname}: authorized by dns-01' in result.stdout
     assert os.listdir(site.env.http.challenge_dir) == []
     assert san(pem_certificates(site.read('certificate', 'mixed.pem'))[0]) == {web, dnsname}
-
-
-def local_zone_site(site):
-    log = os.path.join(site.root, 'reload.log')
-    key = site.update_key('hmac-sha256')
-    site.config['settings']['reload_zone_command'] = (
-        f'{sys.executable} {HERE}/reload_zone.py --challenges {site.dirs["challenge"]} '
-        f'--key-file {site.dirs["update_key"]}/{key} --log {log}')
-    return log
 
 
 def test_local_dns_challenge_file_and_reload(site):
