@@ -48,7 +48,8 @@ def write(tmp_path, config, name='acmebot.json'):
 
 def output_files(tmp_path):
     return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')
-                  if p.is_file() and p.name not in ('acmebot.json', 'update.key'))
+                  if p.is_file() and p.name not in ('acmebot.json', 'update.key',
+                                                    'root_cert.pem'))
 
 
 def assert_config_error(tmp_path, config, pattern):
@@ -290,3 +291,8 @@ def test_resolver_addresses(acmebot_module):
     assert parse('::1', 'p') == ('::1', 53)
     with pytest.raises(acmebot_module.ConfigError):
         parse('localhost', 'p')
+
+
+def test_root_cert_that_is_not_a_certificate_is_an_error(tmp_path):
+    (tmp_path / 'root_cert.pem').write_text('not a certificate\n')
+    assert_config_error(tmp_path, minimal(tmp_path), r'root_cert\.pem must hold the CA\'s root')

@@ -285,3 +285,13 @@ def test_lock_of_a_killed_run_does_not_block(site):
     assert_no_challenge_records(site, [host])
     with open(site.path('pid', 'acmebot.pid')) as file:
         assert file.read() == ''
+
+
+def test_rejected_authorizations_do_not_block_certificates(site):
+    dns_certificate(site)
+    site.config['authorizations'] = {'example.test': ['blocked']}
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'authorizations: ordering the authorizations section: .*'
+                     r'\[rejectedIdentifier\]', result.stderr)
+    assert result.stdout.startswith('issued certificate site')
