@@ -284,3 +284,16 @@ def test_forced_actions_without_config_changes_reload_services(site, option):
     assert_ok(site.run())
     assert_ok(site.run(option))
     assert calls(log) == ['nginx', 'nginx']
+
+
+def test_changed_file_group_reowns_files_and_keeps_key_age(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    age_file(site.path('private_key', 'site_backup.key'), 40)
+    mtime = os.stat(site.path('private_key', 'site_backup.key')).st_mtime
+    site.config['settings']['file_group'] = 'nogroup'
+    assert_ok(site.run())
+    for directory, name in (('private_key', 'site.key'), ('private_key', 'site_backup.key'),
+                            ('certificate', 'site.pem')):
+        assert os.stat(site.path(directory, name)).st_gid == 65534, name
+    assert os.stat(site.path('private_key', 'site_backup.key')).st_mtime == mtime
