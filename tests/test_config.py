@@ -155,7 +155,8 @@ def test_default_config_name_is_acmebot_json(tmp_path):
 def test_help_documents_every_option(tmp_path):
     result = run(['--help'], tmp_path)
     assert result.returncode == 0
-    for option in ('--config', '--verbose', '--debug', '--quiet', 'PRIVATE_KEY', 'Exit status'):
+    for option in ('--config', '--verbose', '--debug', '--quiet', '--renew', '--rollover',
+                   '--revoke', '--force', 'PRIVATE_KEY', 'Exit status'):
         assert option in result.stdout
 
 
@@ -296,3 +297,11 @@ def test_resolver_addresses(acmebot_module):
 def test_root_cert_that_is_not_a_certificate_is_an_error(tmp_path):
     (tmp_path / 'root_cert.pem').write_text('not a certificate\n')
     assert_config_error(tmp_path, minimal(tmp_path), r'root_cert\.pem must hold the CA\'s root')
+
+
+def test_force_without_rollover_is_a_usage_error(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    result = run(['--config', path, '--force'], tmp_path)
+    assert result.returncode == 2
+    assert '--force goes with --rollover' in result.stderr
+    assert output_files(tmp_path) == []

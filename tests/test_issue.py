@@ -25,7 +25,7 @@ from helpers import (
     san,
     spki,
 )
-from infra import ACMEBOT, TSIG_ALGORITHMS
+from infra import ACMEBOT, EAB_HMAC_KEY, TSIG_ALGORITHMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -243,13 +243,19 @@ def test_local_dns_without_reload_command_fails_clearly(site):
     assert not os.path.exists(site.path('certificate', f'{host}.pem'))
 
 
-def test_external_account_binding(site):
+def test_external_account_binding_and_no_secret_in_debug_output(site):
     site.use_eab_pebble()
     host = site.host('eab')
     site.config['zone_update_keys'] = {'example.test': site.update_key()}
     site.config['certificates'] = {host: {'alt_names': {'example.test': host.split('.')[0]}}}
-    assert_ok(site.run())
+    result = site.run('--debug')
+    assert_ok(result)
     assert pem_certificates(site.read('certificate', f'{host}.pem'))
+    output = result.stdout + result.stderr
+    assert 'Sending POST request' in output          # the ACME traffic is there...
+    account_key = json.loads(site.read('resource', 'client_key.json'))
+    for secret in (EAB_HMAC_KEY, site.env.bind.keys['hmac-sha256'].secret, account_key['d']):
+        assert secret not in output                  # ...but no secret
 
 
 def test_eab_required_but_not_configured(site):
