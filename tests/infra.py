@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -66,6 +65,17 @@ def wait_until(check, what: str, timeout: float = 20.0) -> None:
             last = error
         time.sleep(0.1)
     raise RuntimeError(f'{what} did not come up in {timeout} s: {last}')
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """Terminate a server started by the tests, killing it if it does not stop."""
+    if process:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass
@@ -149,12 +159,7 @@ controls {{ }};
         return int(self.query(zone, 'SOA')[0].split()[2])
 
     def stop(self) -> None:
-        if self.process:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 @dataclass
@@ -195,12 +200,7 @@ controls {{ }};
         wait_until(answers, 'resolver')
 
     def stop(self) -> None:
-        if self.process:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 def zone_file(zone: str) -> str:
@@ -271,12 +271,7 @@ class Pebble:
             f'https://127.0.0.1:{self.management_port}/cert-status-by-serial/{serial:x}'))
 
     def stop(self) -> None:
-        if self.process:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 def make_tls_certificate(directory: str) -> None:
@@ -333,9 +328,7 @@ class HttpServer:
         wait_until(answers, 'HTTP server')
 
     def stop(self) -> None:
-        if self.process:
-            self.process.terminate()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 @dataclass

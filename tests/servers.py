@@ -132,9 +132,3 @@ def fetch_headers(address, host, ca_pem: bytes, path: str = '/index.html') -> di
     return headers
 
 
-def stop(process):
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()

@@ -13,7 +13,8 @@ import time
 
 import pytest
 from helpers import assert_ok, dns_certificate, load_key, pem_certificates, spki
-from servers import APACHE_ADDRESS, NGINX_ADDRESS, fetch_headers, run_apache, run_nginx, stop
+from infra import stop_process
+from servers import APACHE_ADDRESS, NGINX_ADDRESS, fetch_headers, run_apache, run_nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DAY = 86400
@@ -107,7 +108,7 @@ def test_seed_server_snippets_work_in_nginx_and_apache(site):
         try:
             headers = fetch_headers(address, hosts[0], root)
         finally:
-            stop(server)
+            stop_process(server)
         assert headers['status'].endswith(' 200 OK'), (runner.__name__, headers)
         assert headers['public-key-pins'] == expected, runner.__name__
         assert headers['strict-transport-security'] == 'max-age=31536000', runner.__name__
