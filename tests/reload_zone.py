@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 
 import dns.name
@@ -23,6 +24,8 @@ parser.add_argument('--challenges', required=True)
 parser.add_argument('--key-file', required=True)
 parser.add_argument('--log', required=True)
 parser.add_argument('--slow', action='store_true', help='sleep after setting records')
+parser.add_argument('--fail-removal', action='store_true',
+                    help='fail, changing nothing, when called to remove the records')
 parser.add_argument('zone')
 args = parser.parse_args()
 
@@ -39,6 +42,9 @@ if os.path.exists(path):
     with open(path) as file:
         for host, values in json.load(file).items():
             wanted[host] = values if isinstance(values, list) else [values]
+if args.fail_removal and not wanted:
+    print('zone reload failed: named is not running', file=sys.stderr)
+    sys.exit(1)
 state_path = f'{args.log}.{args.zone}.state'
 previous = []
 if os.path.exists(state_path):

@@ -234,6 +234,19 @@ def test_sigterm_mid_run_still_removes_challenges(site):
     assert not os.path.exists(site.path('certificate', f'{host}.pem'))
 
 
+def test_failed_challenge_removal_makes_the_run_fail(site):
+    local_zone_site(site)
+    site.config['settings']['reload_zone_command'] += ' --fail-removal'
+    host = site.host('fr', 'local.test')
+    site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'removing challenge records from zone local.test failed: .*exited with '
+                     r'status 1: zone reload failed: named is not running', result.stderr)
+    assert 'cleanup: some challenge records or files could not be removed' in result.stderr
+    assert pem_certificates(site.read('certificate', f'{host}.pem'))   # issued all the same
+
+
 def test_local_dns_without_reload_command_fails_clearly(site):
     host = site.host('nr', 'local.test')
     site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
