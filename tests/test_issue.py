@@ -479,3 +479,17 @@ def test_repeated_bad_nonces_are_retried(site):
         assert 'badNonce' in result.stdout      # the --debug log shows the rejections
     finally:
         pebble.stop()
+
+
+def test_unwritable_output_directory_is_a_clear_error(site):
+    blocker = os.path.join(site.root, 'not-a-directory')
+    with open(blocker, 'w') as file:
+        file.write('x')
+    site.config['directories']['certificate'] = os.path.join(blocker, 'certs')
+    dns_certificate(site)
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'site: cannot read .*not-a-directory/certs/site.pem: Not a directory',
+                     result.stderr)
+    assert 'Traceback' not in result.stderr and 'internal error' not in result.stderr
+    assert not os.path.exists(site.path('private_key', 'site.key'))   # nothing half-written
