@@ -298,3 +298,16 @@ def test_changed_file_group_reowns_files_and_keeps_key_age(site):
                             ('certificate', 'site.pem')):
         assert os.stat(site.path(directory, name)).st_gid == 65534, name
     assert os.stat(site.path('private_key', 'site_backup.key')).st_mtime == mtime
+
+
+def test_corrupt_certificate_file_is_reissued(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    pem = site.read('certificate', 'site.pem')
+    with open(site.path('certificate', 'site.pem'), 'wb') as file:
+        file.write(pem.replace(b'\nMII', b'\nXXX', 1))      # a PEM block that is not DER
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'certificate site is due:' in result.stdout
+    assert spki(pem_certificates(site.read('certificate', 'site.pem'))[0]) == spki(
+        load_key(site.read('private_key', 'site.key')))
