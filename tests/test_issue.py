@@ -243,7 +243,7 @@ def test_failed_challenge_removal_makes_the_run_fail(site):
     assert result.returncode == 1
     assert re.search(r'removing challenge records from zone local.test failed: .*exited with '
                      r'status 1: zone reload failed: named is not running', result.stderr)
-    assert 'cleanup: some challenge records or files could not be removed' in result.stderr
+    assert result.stderr.count('ERROR') == 1
     assert pem_certificates(site.read('certificate', f'{host}.pem'))   # issued all the same
 
 
@@ -417,8 +417,11 @@ def test_wrong_tsig_secret(site):
             site.env.bind.keys['hmac-sha256'].secret, 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='))
     result = site.run(write=True)
     assert_failed_cleanly(site, result, before,
-                          r'authorization failed for .*adding challenge records in zone '
-                          r'example.test')
+                          r'adding challenge records in zone example.test: the DNS server '
+                          r'ns1.example.test \(port 53\) rejected the update signed with TSIG key '
+                          r'hmac-sha256-key.example.test: BADSIG')
+    assert result.stderr.count('BADSIG') == 1                  # reported once
+    assert 'removing challenge records' not in result.stderr   # nothing was added
     assert 'AAAAAAAAAAAAAAAAAAAA' not in result.stderr
     assert_no_challenge_records(site, hosts)
 
