@@ -6,19 +6,17 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
-from infra import ACMEBOT, ROOT
+from servers import ROOT
+from sites import launch_acmebot
 
 EXAMPLE = os.path.join(ROOT, 'acmebot.example.json')
 SECRET = base64.b64encode(b'0123456789abcdef0123456789abcdef').decode()
 
 
 def run(args, cwd):
-    return subprocess.run([sys.executable, ACMEBOT, *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60, check=False)
+    return launch_acmebot(*args, cwd=cwd, timeout=60)
 
 
 def minimal(tmp_path, **extra):

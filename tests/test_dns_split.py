@@ -9,13 +9,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import (
+from servers import Pebble
+from sites import (
     assert_no_challenge_records,
     assert_ok,
     dns_certificate,
@@ -24,7 +23,6 @@ from helpers import (
     pem_certificates,
     spki,
 )
-from infra import ACMEBOT, Pebble
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,7 +92,7 @@ def test_tlsa_ttl_and_rollover_keep_records_valid(site):
     assert_ok(site.run())
     import dns.message
     import dns.query
-    from infra import BIND_ADDRESS
+    from servers import BIND_ADDRESS
     response = dns.query.udp(dns.message.make_query(f'_443._tcp.{hosts[0]}', 'TLSA'),
                              BIND_ADDRESS, timeout=2)
     assert response.answer[0].ttl == 600
@@ -176,7 +174,7 @@ def test_cname_delegated_challenge(site):
 @pytest.fixture(scope='module')
 def reuse_pebble(environment, tmp_path_factory):
     """A Pebble that always reuses valid authorizations, as the split needs."""
-    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-reuse')), 14003, 15003,
+    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-reuse')), 'pebble-reuse',
                     env={'PEBBLE_AUTHZREUSE': '100'})
     pebble.start()
     yield pebble
@@ -184,7 +182,7 @@ def reuse_pebble(environment, tmp_path_factory):
 
 
 def make_site(environment, root):
-    from conftest import Site
+    from sites import Site
     os.makedirs(root)
     return Site(environment, root)
 
@@ -243,9 +241,7 @@ def start_slow_run(site):
     host = site.host('lock', 'local.test')
     site.config['certificates'] = {'lock': {'common_name': host, 'alt_names': {
         'local.test': [host.split('.')[0]]}}}
-    site.write_config()
-    process = subprocess.Popen([sys.executable, ACMEBOT, '--config', site.config_path],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = site.run(wait=False)
     deadline = time.monotonic() + 60
     while not os.path.exists(log):
         assert time.monotonic() < deadline and process.poll() is None

@@ -6,14 +6,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import (
+from servers import EAB_HMAC_KEY, TSIG_ALGORITHMS, Pebble
+from sites import (
     assert_no_challenge_records,
     assert_ok,
     common_name,
@@ -25,7 +24,6 @@ from helpers import (
     san,
     spki,
 )
-from infra import ACMEBOT, EAB_HMAC_KEY, TSIG_ALGORITHMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -86,7 +84,7 @@ def test_dns01_remote_first_run_installs_every_file(site):
     assert mode(site.dirs['certificate']) == 0o755
     registration = json.loads(site.read('resource', 'registration.json'))
     assert registration['contact'] == ['mailto:admin@example.test']
-    assert registration['uri'].startswith('https://127.0.0.1:14000/')
+    assert registration['uri'].startswith(site.env.pebble.url.removesuffix('dir'))
     assert_no_challenge_records(site, hosts)
     assert os.listdir(site.dirs['archive']) in ([], ['site'])
     assert not any(name.endswith('.acmebot-tmp') for directory in ('private_key', 'certificate')
@@ -216,9 +214,7 @@ def test_sigterm_mid_run_still_removes_challenges(site):
     site.config['settings']['reload_zone_command'] += ' --slow'
     host = site.host('term', 'local.test')
     site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
-    site.write_config()
-    process = subprocess.Popen([sys.executable, ACMEBOT, '--config', site.config_path],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = site.run(wait=False)
     deadline = time.monotonic() + 60
     while not (os.path.exists(log) and site.env.bind.query(f'_acme-challenge.{host}', 'TXT')):
         assert time.monotonic() < deadline and process.poll() is None
@@ -480,8 +476,7 @@ def test_debug_shows_traceback_only_on_request(site):
 def test_repeated_bad_nonces_are_retried(site):
     """A Pebble rejecting 40% of good nonces: two or three badNonce errors in a row happen
     (the acme package retries only once) and must be retried."""
-    from infra import Pebble
-    pebble = Pebble(os.path.join(site.root, 'pebble-nonce'), 14002, 15002,
+    pebble = Pebble(os.path.join(site.root, 'pebble-nonce'), 'pebble-nonce',
                     env={'PEBBLE_WFE_NONCEREJECT': '40'})
     pebble.start()
     try:

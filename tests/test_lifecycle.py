@@ -8,13 +8,27 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
-from helpers import assert_ok, dns_certificate, load_key, pem_certificates, spki
-from infra import stop_process
-from servers import APACHE_ADDRESS, NGINX_ADDRESS, fetch_headers, run_apache, run_nginx
+from servers import (
+    APACHE_ADDRESS,
+    NGINX_ADDRESS,
+    PORTS,
+    fetch_headers,
+    run_apache,
+    run_nginx,
+    stop_process,
+)
+from sites import (
+    assert_ok,
+    dns_certificate,
+    load_key,
+    pem_certificates,
+    service_calls,
+    service_commands,
+    spki,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DAY = 86400
@@ -103,7 +117,8 @@ def test_seed_server_snippets_work_in_nginx_and_apache(site):
     expected = (f'pin-sha256="{pins_of(primary)[0]}"; pin-sha256="{pins_of(backup)[0]}"; '
                 f'max-age={30 * DAY}; includeSubDomains')
     root = site.env.pebble.root_pem()
-    for runner, address in ((run_nginx, NGINX_ADDRESS), (run_apache, APACHE_ADDRESS)):
+    for runner, address in ((run_nginx, (NGINX_ADDRESS, PORTS['nginx'])),
+                            (run_apache, (APACHE_ADDRESS, PORTS['apache']))):
         server = runner(site, 'web', os.path.join(site.root, runner.__name__))
         try:
             headers = fetch_headers(address, hosts[0], root)
@@ -225,33 +240,17 @@ def test_revoke_then_next_run_rolls_over_and_reissues(site):
     assert site.env.pebble.certificate_status(new_leaf.serial_number)['Status'] == 'Valid'
 
 
-def service_commands(site, fail=()):
-    log = os.path.join(site.root, 'services.log')
-    site.config['services'] = {
-        name: f'{sys.executable} {HERE}/record_call.py {log} {name}'
-        + (' --fail' if name in fail else '')
-        for name in ('nginx', 'dovecot', 'postfix', 'unused')}
-    return log
-
-
-def calls(log):
-    if not os.path.exists(log):
-        return []
-    with open(log) as file:
-        return file.read().split()
-
-
 def test_services_reloaded_once_per_run_and_not_on_a_no_op_run(site):
     log = service_commands(site)
     shared_key_site(site, services={'main': ['nginx'], 'mail': ['dovecot', 'postfix',
                                                                 'nginx']})
     assert_ok(site.run())
-    assert sorted(calls(log)) == ['dovecot', 'nginx', 'postfix']
+    assert sorted(service_calls(log)) == ['dovecot', 'nginx', 'postfix']
     assert_ok(site.run())
-    assert sorted(calls(log)) == ['dovecot', 'nginx', 'postfix']     # nothing changed
+    assert sorted(service_calls(log)) == ['dovecot', 'nginx', 'postfix']     # nothing changed
     # Renewing only 'main' (named key covers both certificates, --renew both) reloads each once.
     assert_ok(site.run('--renew'))
-    assert sorted(calls(log)) == ['dovecot', 'dovecot', 'nginx', 'nginx', 'postfix',
+    assert sorted(service_calls(log)) == ['dovecot', 'dovecot', 'nginx', 'nginx', 'postfix',
                                   'postfix']
 
 
@@ -260,9 +259,9 @@ def test_only_services_of_changed_certificates_are_reloaded(site):
     dns_certificate(site, name='a', labels=('sa',), services=['nginx'])
     dns_certificate(site, name='b', labels=('sb',), services=['postfix'])
     assert_ok(site.run())
-    assert sorted(calls(log)) == ['nginx', 'postfix']
+    assert sorted(service_calls(log)) == ['nginx', 'postfix']
     assert_ok(site.run('--renew', 'b'))
-    assert sorted(calls(log)) == ['nginx', 'postfix', 'postfix']
+    assert sorted(service_calls(log)) == ['nginx', 'postfix', 'postfix']
 
 
 def test_failing_service_is_reported_and_files_stay(site):
@@ -274,7 +273,7 @@ def test_failing_service_is_reported_and_files_stay(site):
                      r'exited with status 3: dovecot: configuration test failed',
                      result.stderr)
     assert 'Traceback' not in result.stderr
-    assert sorted(calls(log)) == ['dovecot', 'nginx']
+    assert sorted(service_calls(log)) == ['dovecot', 'nginx']
     assert pem_certificates(site.read('certificate', 'site.pem'))
 
 
@@ -284,7 +283,7 @@ def test_forced_actions_without_config_changes_reload_services(site, option):
     dns_certificate(site, services=['nginx'], hpkp_days=0)
     assert_ok(site.run())
     assert_ok(site.run(option))
-    assert calls(log) == ['nginx', 'nginx']
+    assert service_calls(log) == ['nginx', 'nginx']
 
 
 def test_changed_file_group_reowns_files_and_keeps_key_age(site):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from infra import BIND_ADDRESS, HTTP_ADDRESS
+from servers import BIND_ADDRESS, HTTP_ADDRESS, PORTS
 
 TRIAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'trial.py')
 
@@ -34,9 +34,9 @@ def test_trial_runs_shows_files_and_cleans_up():
     assert 'Servers stopped and files removed.' in out
     assert set(glob.glob(pattern)) == before
     # The servers are gone: their ports are free again.
-    for address, port, kind in ((BIND_ADDRESS, 53, socket.SOCK_DGRAM),
-                                (HTTP_ADDRESS, 80, socket.SOCK_STREAM),
-                                ('127.0.0.1', 14000, socket.SOCK_STREAM)):
+    for address, port, kind in ((BIND_ADDRESS, PORTS['dns'], socket.SOCK_DGRAM),
+                                (HTTP_ADDRESS, PORTS['http'], socket.SOCK_STREAM),
+                                ('127.0.0.1', PORTS['pebble'], socket.SOCK_STREAM)):
         with socket.socket(socket.AF_INET, kind) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is fine
             probe.bind((address, port))

@@ -21,7 +21,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cryptography import x509
-from infra import ACMEBOT, start_environment
+from servers import start_environment
+from sites import launch_acmebot
 
 
 def sample_config(env, root: str) -> dict:
@@ -60,9 +61,8 @@ def sample_config(env, root: str) -> dict:
 
 
 def run_acmebot(config_path: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, ACMEBOT, '--config', config_path, *args]
     print(f'\n$ acmebot --config {config_path} {" ".join(args)}'.rstrip())
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = launch_acmebot('--config', config_path, *args)
     sys.stdout.write(result.stdout)
     sys.stdout.write(result.stderr)
     print(f'(exit status {result.returncode})')

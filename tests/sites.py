@@ -1,0 +1,252 @@
+"""Sites and configurations: one acmebot installation per test (its config, directories and
+the one way to launch acmebot), loopback-only checks, and the helpers tests read results
+with. The servers themselves are in servers.py."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import ipaddress
+import json
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+import urllib.parse
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from servers import EAB_HMAC_KEY, EAB_KID, LEGACY_ALGORITHM_NUMBERS, ROOT, Environment
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ACMEBOT = os.path.join(ROOT, 'acmebot')
+DIRECTORY_SETTINGS = ('resource', 'private_key', 'certificate', 'dhparam', 'challenge', 'hpkp',
+                      'archive', 'update_key', 'pid')
+
+
+def launch_acmebot(*args: str, cwd: str | None = None, wait: bool = True,
+                   timeout: float = 300, env: dict[str, str] | None = None,
+                   prefix: tuple[str, ...] = ()) -> Any:
+    """Run acmebot as a command with this interpreter: the CompletedProcess when wait, else
+    the running Popen (text pipes for stdout and stderr). prefix goes before the
+    interpreter (faketime, unshare)."""
+    command = [*prefix, sys.executable, ACMEBOT, *args]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=cwd, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env, check=False)
+
+
+def load_acmebot_module() -> Any:
+    """Import the extensionless script as a module (for unit tests of pure functions)."""
+    if 'acmebot' in sys.modules:
+        return sys.modules['acmebot']
+    loader = importlib.machinery.SourceFileLoader('acmebot', ACMEBOT)
+    spec = importlib.util.spec_from_loader('acmebot', loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['acmebot'] = module
+    loader.exec_module(module)
+    return module
+
+
+class Site:
+    """One acmebot installation: its config, directories and the way to run it."""
+
+    def __init__(self, env: Environment, root: str) -> None:
+        self.env = env
+        self.root = root
+        self.tag = secrets.token_hex(3)
+        self.dirs = {name: os.path.join(root, name) for name in DIRECTORY_SETTINGS}
+        os.makedirs(self.dirs['update_key'])
+        self.config_path = os.path.join(root, 'acmebot.json')
+        self.config: dict[str, Any] = {
+            'account': {'email': 'admin@example.test'},
+            'settings': {
+                'key_size': 2048, 'dhparam_size': 0, 'ecparam_curve': 'secp384r1',
+                'file_user': 'root', 'file_group': 'root',
+                'max_dns_lookup_attempts': 40, 'dns_lookup_delay': 0.5,
+                'max_authorization_attempts': 60, 'authorization_delay': 0.5,
+                'acme_directory_url': env.pebble.url, 'acme_ca_bundle': env.pebble.ca_file,
+                'dns_resolvers': ['127.0.0.1'],
+            },
+            'directories': dict(self.dirs),
+        }
+
+    def host(self, label: str, zone: str = 'example.test') -> str:
+        """A host name unique to this test."""
+        return f'{label}-{self.tag}.{zone}' if label != '@' else zone
+
+    def update_key(self, algorithm: str = 'hmac-sha256', legacy: bool = False) -> str:
+        """Write a TSIG key file for the test BIND into the update_key directory."""
+        key = self.env.bind.keys[algorithm]
+        if legacy:
+            number = LEGACY_ALGORITHM_NUMBERS[algorithm]
+            base = f'K{key.name}.+{number:03d}+12345'
+            with open(os.path.join(self.dirs['update_key'], base + '.key'), 'w') as file:
+                file.write(f'{key.name}. IN KEY 512 3 {number} {key.secret}\n')
+            with open(os.path.join(self.dirs['update_key'], base + '.private'), 'w') as file:
+                file.write(f'Private-key-format: v1.3\nAlgorithm: {number} '
+                           f'({algorithm.upper()})\nKey: {key.secret}\nBits: AAA=\n')
+            return base + '.key'
+        name = f'{algorithm}.key'
+        with open(os.path.join(self.dirs['update_key'], name), 'w') as file:
+            file.write(key.clause())
+        return name
+
+    def use_eab_pebble(self) -> None:
+        pebble = self.env.start_eab_pebble()
+        self.config['settings']['acme_directory_url'] = pebble.url
+        self.config['settings']['acme_ca_bundle'] = pebble.ca_file
+        self.config['account'].update(eab_kid=EAB_KID, eab_hmac_key=EAB_HMAC_KEY)
+
+    def write_config(self, config: dict[str, Any] | None = None) -> str:
+        config = self.config if config is None else config
+        check_loopback_only(config)
+        with open(self.config_path, 'w') as file:
+            json.dump(config, file, indent=2)
+        return self.config_path
+
+    def run(self, *args: str, write: bool = True, wait: bool = True, timeout: float = 300,
+            prefix: tuple[str, ...] = ()) -> Any:
+        """Launch acmebot with this site's configuration (written first unless write is
+        False)."""
+        if write:
+            self.write_config()
+        return launch_acmebot('--config', self.config_path, *args, cwd=self.root, wait=wait,
+                              timeout=timeout, prefix=prefix)
+
+    def path(self, directory: str, name: str) -> str:
+        return os.path.join(self.dirs[directory], name)
+
+    def read(self, directory: str, name: str) -> bytes:
+        with open(self.path(directory, name), 'rb') as file:
+            return file.read()
+
+    def archived(self) -> dict[str, list[bytes]]:
+        """Contents of every archived file, by file name."""
+        found: dict[str, list[bytes]] = {}
+        for base, _, names in os.walk(self.dirs['archive']):
+            for name in names:
+                with open(os.path.join(base, name), 'rb') as file:
+                    found.setdefault(name, []).append(file.read())
+        return found
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every file below the site's output directories, by relative path."""
+        files = {}
+        for directory in ('private_key', 'certificate', 'dhparam', 'archive', 'resource',
+                          'hpkp'):
+            for base, _, names in os.walk(self.dirs[directory]):
+                for name in names:
+                    path = os.path.join(base, name)
+                    with open(path, 'rb') as file:
+                        files[os.path.relpath(path, self.root)] = file.read()
+        return files
+
+    def output_files(self) -> list[str]:
+        """Every file in the output directories (keys, certificates, parameters, HPKP,
+        archive), by relative path: the account files in resource are not output."""
+        return sorted(path for path in self.snapshot() if not path.startswith('resource/'))
+
+
+def check_loopback_only(config: dict[str, Any]) -> None:
+    """A test config must never make acmebot contact anything outside 127.0.0.0/8:
+    the ACME URL is a loopback address and DNS goes to the test BIND only."""
+    settings = config.get('settings', {})
+    url = settings.get('acme_directory_url')
+    if url is not None:
+        host = urllib.parse.urlsplit(url).hostname or ''
+        assert ipaddress.ip_address(host).is_loopback, f'non-loopback ACME URL {url}'
+    resolvers = settings.get('dns_resolvers')
+    assert resolvers, 'a test config must set settings.dns_resolvers (no system resolver)'
+    for resolver in ([resolvers] if isinstance(resolvers, str) else resolvers):
+        address = resolver.rsplit(':', 1)[0] if resolver.count(':') == 1 else resolver
+        assert ipaddress.ip_address(address.strip('[]')).is_loopback, resolver
+
+
+# ---- configuring a site --------------------------------------------------------------
+
+
+def dns_certificate(site, name='site', labels=('www',), zone='example.test', **cert):
+    """Configure one certificate validated by DNS-01 with remote (RFC 2136) updates."""
+    hosts = [site.host(label, zone) for label in labels]
+    site.config.setdefault('zone_update_keys', {})[zone] = site.update_key()
+    site.config.setdefault('certificates', {})[name] = {
+        'common_name': hosts[0],
+        'alt_names': {zone: [h.removesuffix('.' + zone) if h != zone else '@' for h in hosts]},
+        **cert}
+    return hosts
+
+
+def local_zone_site(site):
+    """Local DNS updates through tests/reload_zone.py, which applies challenge files to
+    BIND and logs each call; returns the log's path."""
+    log = os.path.join(site.root, 'reload.log')
+    key = site.update_key('hmac-sha256')
+    site.config['settings']['reload_zone_command'] = (
+        f'{sys.executable} {HERE}/reload_zone.py --challenges {site.dirs["challenge"]} '
+        f'--key-file {site.dirs["update_key"]}/{key} --log {log}')
+    return log
+
+
+def service_commands(site, fail=()):
+    """Services whose reload command logs its name (tests/record_call.py); returns the log."""
+    log = os.path.join(site.root, 'services.log')
+    site.config['services'] = {
+        name: f'{sys.executable} {HERE}/record_call.py {log} {name}'
+        + (' --fail' if name in fail else '')
+        for name in ('nginx', 'dovecot', 'postfix', 'unused')}
+    return log
+
+
+def service_calls(log):
+    if not os.path.exists(log):
+        return []
+    with open(log) as file:
+        return file.read().split()
+
+
+# ---- reading results -----------------------------------------------------------------
+
+
+def pem_certificates(data: bytes) -> list[x509.Certificate]:
+    blocks = re.findall(rb'-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----', data, re.DOTALL)
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
+
+
+def spki(key_or_cert) -> bytes:
+    return key_or_cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_key(data: bytes):
+    return serialization.load_pem_private_key(data, None)
+
+
+def san(cert: x509.Certificate) -> set[str]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName))
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return names[0].value if names else None
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def assert_no_challenge_records(site, hosts):
+    for host in hosts:
+        assert site.env.bind.query(f'_acme-challenge.{host.removeprefix("*.")}', 'TXT') == []
