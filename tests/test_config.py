@@ -303,3 +303,155 @@ def test_force_without_rollover_is_a_usage_error(tmp_path):
     assert result.returncode == 2
     assert '--force goes with --rollover' in result.stderr
     assert output_files(tmp_path) == []
+
+
+# ---- malformed configurations: exit 2, the JSON path or position, nothing created -------
+
+
+def assert_rejected_file(tmp_path, data: bytes, pattern):
+    (tmp_path / 'acmebot.json').write_bytes(data)
+    result = run(['--config', str(tmp_path / 'acmebot.json')], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    assert 'Traceback' not in result.stderr and 'internal error' not in result.stderr
+    assert output_files(tmp_path) == []
+    return result
+
+
+@pytest.mark.parametrize('extra, pattern', [
+    ({'settings__ecparam_curve': ['secp384r1']}, r'settings\.ecparam_curve: expected null or'),
+    ({'settings__ecparam_curve': {'a': 1}}, r'settings\.ecparam_curve: expected null or'),
+    ({'certificates__example.test__ecparam_curve': []},
+     r'certificates\.example\.test\.ecparam_curve: expected null'),
+    ({'settings__renewal_days': 10 ** 10}, (r'settings\.renewal_days: expected a whole number '
+                                           r'from 0 to 36500')),
+    ({'settings__expiration_days': 10 ** 9}, r'settings\.expiration_days: expected a whole'),
+    ({'settings__dns_lookup_delay': 1e300}, r'settings\.dns_lookup_delay: expected a number'),
+    ({'settings__file_user': 'ro\x00ot'}, (r'settings\.file_user: "ro\\u0000ot" contains a '
+                                          r'control character')),
+    ({'settings__file_group': 'root\x00'}, r'settings\.file_group: .* control character'),
+    ({'directories__certificate': '/tmp/a\x00b'}, r'directories\.certificate: .* control'),
+    ({'settings__acme_ca_bundle': 'ca\x00.pem'}, r'settings\.acme_ca_bundle: .* control'),
+    ({'zone_update_keys': {'example.test': 'update\x00.key'}},
+     r'zone_update_keys\.example\.test: .* control character'),
+    ({'services': {'nginx': 'systemctl "reload nginx'}},
+     r'services\.nginx: cannot split the command into words: No closing quotation'),
+    ({'settings__reload_zone_command': "/etc/bind/reload 'zone"},
+     r'settings\.reload_zone_command: cannot split the command'),
+    ({'settings__nsupdate_command': 'nsupdate "-v'},
+     r'settings\.nsupdate_command: cannot split the command'),
+    ({'certificates': {'example.test\n': {'alt_names': {'example.test': ['@']}}}},
+     r'certificates\.example\.test\\n: the key contains a control character'),
+    ({'certificates__example.test__alt_names': {'example.test': ['www\n']}},
+     r'alt_names\.example\.test\[0\]: "www\\n" contains a control character'),
+    ({'certificates__example.test__common_name': 'example.test\t'},
+     r'common_name: "example.test\\t" contains a control character'),
+    ({'certificates': {'x' * 245: {'alt_names': {'example.test': ['@']}}}},
+     r'the name is too long for a file name: at most 244 characters'),
+    ({'private_keys': {'k' * 250: {'certificates': {'c': {'alt_names': {'example.test': '@'}}}}}},
+     r'private_keys\.k+: the name is too long'),
+    ({'directories__archive': '/tmp/' + 'd' * 256 + '/archive'},
+     r'directories\.archive: a path component is longer than 255 bytes'),
+    ({'http_challenges': {'www.example.test': '/var/www/' + 'w' * 300}},
+     r'http_challenges\.www\.example\.test: a path component is longer than 255 bytes'),
+    ({'http_challenges': {'www.example.test': '/a', 'WWW.Example.Test.': '/b'}},
+     (r'http_challenges\.WWW\.Example\.Test\.: "WWW\.Example\.Test\." names the same host as '
+     r'"www\.example\.test"')),
+    ({'zone_update_keys': {'example.test': 'update.key', 'Example.TEST': 'update.key'}},
+     r'zone_update_keys\.Example\.TEST: "Example\.TEST" names the same host as'),
+])
+def test_malformed_value_names_path_and_touches_nothing(tmp_path, extra, pattern):
+    os.makedirs(tmp_path / 'update_key')
+    (tmp_path / 'update_key' / 'update.key').write_text(
+        f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n')
+    result = assert_rejected_file(tmp_path, json.dumps(minimal(tmp_path, **extra)).encode(),
+                                  pattern)
+    # Control characters from the configuration never reach the terminal raw.
+    assert not any(char in result.stderr for char in '\x00\t\x1b') and \
+        result.stderr.count('\n') == 1
+
+
+@pytest.mark.parametrize('text, pattern', [
+    ('{"settings": {"renewal_days": NaN}}', (r'settings\.renewal_days: NaN is not a usable '
+                                            r'number .*strict JSON')),
+    ('{"settings": {"dns_lookup_delay": Infinity}}', r'settings\.dns_lookup_delay: Infinity'),
+    ('{"settings": {"dns_lookup_delay": -Infinity}}', r'settings\.dns_lookup_delay: -Infinity'),
+    ('{"settings": {"key_size": 1e999}}', r'settings\.key_size: 1e999 is not a usable number'),
+    ('{"settings": {"key_size": ' + '9' * 5000 + '}}',
+     r'settings\.key_size: a number of 5000 characters is not a usable number'),
+    ('{"x": ' + '[' * 1000 + ']' * 1000 + '}', (r'nested more than 64 levels deep at line 1, '
+                                               r'column 70')),
+    ('{\n  "account": {\n    "email": }\n}', (r'is not valid JSON: Expecting value at line 3, '
+                                            r'column 14')),
+])
+def test_not_strict_json_is_refused_with_its_position(tmp_path, text, pattern):
+    assert_rejected_file(tmp_path, text.encode(), pattern)
+
+
+def test_file_that_is_not_utf8_names_the_byte(tmp_path):
+    data = json.dumps(minimal(tmp_path)).replace('admin@', 'adm\u00efn@').encode('latin-1')
+    line = data[:data.index(b'\xef')]
+    assert_rejected_file(tmp_path, data, r'is not UTF-8 text: byte 0xef at line 1, column '
+                                         rf'{len(line) + 1}\b')
+
+
+def test_thousands_of_malformed_configurations_never_crash(acmebot_module, tmp_path):
+    """Mutate a valid configuration in 3,000 seeded ways (wrong types, NaN, huge and
+    negative numbers, control characters, NUL bytes, long names, deep nesting, unbalanced
+    quotes): loading gives a Config or a ConfigError, nothing else, and creates no file."""
+    import copy
+    import random
+
+    m = acmebot_module
+    os.makedirs(tmp_path / 'update_key')
+    (tmp_path / 'update_key' / 'update.key').write_text(
+        f'key "k" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n')
+    base = minimal(tmp_path, zone_update_keys={'example.test': {'file': 'update.key'}},
+                   services={'nginx': 'systemctl reload nginx'},
+                   http_challenges={'www.example.test': str(tmp_path / 'www')},
+                   authorizations={'example.test': ['@']})
+    base['certificates']['example.test'].update(services=['nginx'], tlsa_records={
+        'example.test': {'@': {'ports': [443, 25], 'usage': 'dane-ee'}}})
+    bad_values = [None, True, -1, 0, 2 ** 70, 1.5, float('nan'), '', ' ', 'x\x00y', 'a\nb',
+                  '\u202e', 'é' * 300, '"', "'", [], [None], {}, {'': 1}, [[[[[]]]]],
+                  '*', '@', '..', '/', 'x' * 300, 'systemctl "reload', 10 ** 10,
+                  'secp384r1', ['a', 'b'], {'file': 1}]
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for key, child in node.items():
+                yield from paths(child, (*prefix, key))
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                yield from paths(child, (*prefix, index))
+
+    rng = random.Random(20261127)
+    all_paths = [path for path in paths(base) if path]
+    outcomes = {'loaded': 0, 'refused': 0}
+    for _ in range(3000):
+        config = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(all_paths)
+            parent = config
+            try:
+                for step in path[:-1]:
+                    parent = parent[step]
+                if rng.random() < 0.2 and isinstance(parent, dict):
+                    parent[rng.choice(['x', 'X\n', '\x00', path[-1] + ' '])] = parent.pop(
+                        path[-1])
+                else:
+                    parent[path[-1]] = rng.choice(bad_values)
+            except (KeyError, IndexError, TypeError):
+                continue
+        path = tmp_path / 'acmebot.json'
+        path.write_text(json.dumps(config))
+        try:
+            m.load_config(str(path))
+            outcomes['loaded'] += 1
+        except m.ConfigError as error:
+            assert str(error).isprintable(), str(error)
+            outcomes['refused'] += 1
+    print(outcomes)
+    assert outcomes['refused'] > 2000, outcomes
+    assert output_files(tmp_path) == []

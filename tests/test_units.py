@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import os
 import stat
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
@@ -205,3 +207,129 @@ def test_new_files_are_never_readable_by_others(acmebot_module, tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     with pytest.raises(FileExistsError):     # never opens an existing file (O_EXCL)
         m.write_new_file(str(path), b'y', 0o640)
+
+
+# ---- decisions, without root and without servers -------------------------------------
+
+
+@pytest.mark.parametrize('has_primary, backup_age, rollover, force, hpkp_days, expected', [
+    (True, 10, False, False, 30, 'KEEP'),
+    (False, None, False, False, 30, 'GENERATE'),
+    (False, 5, False, False, 30, 'PROMOTE_BACKUP'),      # after --revoke: automatic
+    (True, 31, True, False, 30, 'ROLLOVER'),
+    (True, 10, True, True, 30, 'ROLLOVER'),              # --force inside the HPKP window
+    (True, 10, True, False, 0, 'ROLLOVER'),              # no HPKP: no window
+])
+def test_plan_key_action(acmebot_module, has_primary, backup_age, rollover, force, hpkp_days,
+                         expected):
+    m = acmebot_module
+    assert m.plan_key_action(has_primary, backup_age, rollover, force, hpkp_days) is \
+        m.KeyAction[expected]
+
+
+def test_plan_key_action_refusals(acmebot_module):
+    m = acmebot_module
+    with pytest.raises(m.AcmebotError, match=r'10 days old, younger than hpkp_days \(30\)'):
+        m.plan_key_action(True, 10, True, False, 30)
+    with pytest.raises(m.AcmebotError, match='no backup key to roll over to'):
+        m.plan_key_action(True, None, True, True, 30)
+
+
+def tlsa_record(m, host, ports=(443,), usage='DANE_EE', selector='SPKI', ttl=300):
+    return m.TLSARecordConfig('example.test', host, tuple(ports), m.TLSAUsage[usage],
+                              m.TLSASelector[selector], 'tcp', ttl)
+
+
+def test_wanted_tlsa_records(acmebot_module, keys):
+    m = acmebot_module
+    primary, backup = keys
+    leaf = self_signed(m, primary, ['a.example.test'], 60)
+    issuer = self_signed(m, backup, ['ca.example.test'], 60)
+    a = dataclasses.replace(certificate_config(m, ['a.example.test']), tlsa_records=(
+        tlsa_record(m, 'a.example.test', ports=(443, 25), ttl=600),
+        tlsa_record(m, 'a.example.test', usage='PKIX_TA', selector='CERT', ttl=60)))
+    b = dataclasses.replace(certificate_config(m, ['b.example.test']), name='b', tlsa_records=(
+        tlsa_record(m, 'a.example.test', usage='PKIX_EE', selector='CERT'),))
+    wanted = m.wanted_tlsa_records([(a, [leaf, issuer]), (b, [leaf])], None, primary, backup)
+    assert sorted(wanted) == ['_25._tcp.a.example.test', '_443._tcp.a.example.test']
+    spki = {(3, 1, 1, m.spki_sha256(key)) for key in (primary, backup)}
+    der = serialization.Encoding.DER
+    anchor = (0, 0, 1, hashlib.sha256(issuer.public_bytes(der)).digest())
+    end_entity = (1, 0, 1, hashlib.sha256(leaf.public_bytes(der)).digest())
+    assert wanted['_25._tcp.a.example.test'].values == spki
+    assert wanted['_25._tcp.a.example.test'].ttl == 600
+    # One name asked for by three records of two certificates: the union, the smallest TTL.
+    assert wanted['_443._tcp.a.example.test'].values == spki | {anchor, end_entity}
+    assert wanted['_443._tcp.a.example.test'].ttl == 60
+    assert m.wanted_tlsa_records([], None, primary, backup) == {}
+
+
+def test_changed_certificates(acmebot_module, tmp_path):
+    m = acmebot_module
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'private_keys': {'k': {
+        'certificates': {'a': {'alt_names': {'example.test': 'a'}, 'common_name': 'a.example.test'},
+                         'b': {'alt_names': {'example.test': 'b'}, 'common_name': 'b.example.test'}}}}},
+        str(tmp_path / 'acmebot.json'))
+    key = config.private_keys[0]
+    d = config.directories
+
+    def changed(kind, name):
+        return m.OutputFile(kind, m.output_path(d, kind, name), b'x', 0o644)
+    names = [[cert.name for cert in m.changed_certificates(d, key, files)] for files in (
+        [], [changed(m.FileKind.FULL_KEY, 'b')], [changed(m.FileKind.PARAMETERS, 'a')],
+        [changed(m.FileKind.HPKP_NGINX, 'k')], [changed(m.FileKind.BACKUP_KEY, 'k')])]
+    assert names == [[], ['b'], ['a'], ['a', 'b'], ['a', 'b']]
+
+
+def authorization(m, name, wildcard=False):
+    body = m.acme_messages.Authorization(
+        identifier=m.acme_messages.Identifier(typ=m.acme_messages.IDENTIFIER_FQDN, value=name),
+        status=m.acme_messages.STATUS_PENDING, wildcard=wildcard or None)
+    return m.acme_messages.AuthorizationResource(body=body, uri=f'https://ca/authz/{name}')
+
+
+def test_authorization_failures_go_to_their_owners_only(acmebot_module):
+    m = acmebot_module
+    www, mail, shared = (certificate_config(m, [name]) for name in (
+        'www.example.test', 'mail.example.test', 'example.test'))
+    owners = [m.CertificateState(cert, None, ['due']) for cert in (www, mail, shared)]
+    owners[0].order = m.acme_messages.OrderResource(authorizations=[
+        authorization(m, 'www.example.test'), authorization(m, 'example.test')])
+    owners[1].order = m.acme_messages.OrderResource(authorizations=[
+        authorization(m, 'mail.example.test'), authorization(m, 'example.test', True)])
+    section = m.AuthorizationsSection(www.alt_names, [authorization(m, 'example.test')])
+    m.attribute_authorization_failures([*owners, section], {
+        'example.test': 'no TXT record', 'mail.example.test': 'the authorization is invalid'})
+    assert owners[0].error.failures == {'example.test': 'no TXT record'}
+    # '*.example.test' is not 'example.test': mail's wildcard did not fail.
+    assert owners[1].error.failures == {'mail.example.test': 'the authorization is invalid'}
+    assert owners[2].error is None                       # nothing ordered for it here
+    assert section.error.failures == {'example.test': 'no TXT record'}
+    # Names that failed for the same reason are listed together, once.
+    error = m.AuthorizationError({'b.test': 'same', 'a.test': 'same', 'c.test': 'other'})
+    assert str(error) == 'authorization failed for a.test, b.test: same; c.test: other'
+
+
+def test_statuses_are_words_and_a_failure_without_detail_says_so(acmebot_module):
+    m = acmebot_module
+    messages = m.acme_messages
+    assert m.status_word(messages.STATUS_INVALID) == 'invalid'
+    assert m.status_word(messages.STATUS_PENDING) == 'pending'
+    challenge = messages.ChallengeBody(chall=m.acme_challenges.HTTP01(token=b'x' * 32),
+                                       status=messages.STATUS_INVALID)
+    body = messages.Authorization(
+        identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value='www.example.test'),
+        status=messages.STATUS_INVALID, challenges=[challenge])
+    assert m.authorization_failure(body, m.ChallengeType.HTTP_01) == (
+        'the CA gave no reason why the http-01 challenge for www.example.test failed '
+        '(the authorization is invalid)')
+    with_error = body.update(challenges=[challenge.update(error=messages.Error.with_code(
+        'unauthorized', detail='404 from 127.53.0.80'))])
+    assert m.authorization_failure(with_error, m.ChallengeType.HTTP_01) == (
+        '404 from 127.53.0.80 [unauthorized]')
+
+
+def test_printable_escapes_control_characters(acmebot_module):
+    m = acmebot_module
+    assert m.printable('a\nb\x00c\u202ed é') == 'a\\nb\\x00c\\u202ed é'
+    assert str(m.ConfigError('x\ny', 'bad\x1b[31m')) == 'x\\ny: bad\\x1b[31m'
