@@ -52,6 +52,8 @@ PORTS = {
     'pebble-eab': 14001, 'pebble-eab-management': 15001,         # requires EAB
     'pebble-nonce': 14002, 'pebble-nonce-management': 15002,     # rejects many nonces
     'pebble-reuse': 14003, 'pebble-reuse-management': 15003,     # reuses authorizations
+    'pebble-profiles': 14004, 'pebble-profiles-management': 15004,  # classic and shortlived
+    'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
     'nginx': 8443, 'apache': 8444,
 }
 ZONES = ('example.test', 'local.test', 'other.test')
@@ -62,6 +64,8 @@ LEGACY_ALGORITHM_NUMBERS = {'hmac-md5': 157, 'hmac-sha1': 161, 'hmac-sha224': 16
 EAB_KID = 'kid-test'
 EAB_HMAC_KEY = base64.urlsafe_b64encode(b'acmebot-test-eab-hmac-key-0123456789').decode()
 CERTIFICATE_VALIDITY = 90 * 86400
+# Debian 12's Pebble, unpacked by install-test-deps: a CA without renewalInfo and profiles.
+PEBBLE_2_4 = os.path.join(ROOT, '.test-tools', 'pebble-2.4', 'usr', 'bin', 'pebble')
 
 
 def require_loopback(address: str) -> None:
@@ -240,6 +244,8 @@ class Pebble:
     # Pebble 2.6 panics on two-label names (example.test) while a blocklist is set, so only
     # the tests' Pebble, which never orders such names, blocks one.
     blocklist: tuple[str, ...] = ()
+    profiles: dict[str, int] = field(default_factory=dict)   # name: validity in seconds
+    binary: str = 'pebble'
     process: subprocess.Popen | None = None
 
     @property
@@ -273,13 +279,17 @@ class Pebble:
         }}
         if self.eab_required:
             config['pebble']['externalAccountMACKeys'] = {EAB_KID: EAB_HMAC_KEY}
+        if self.profiles:
+            config['pebble']['profiles'] = {
+                name: {'description': f'{name} profile', 'validityPeriod': seconds}
+                for name, seconds in self.profiles.items()}
         path = os.path.join(self.directory, 'pebble.json')
         with open(path, 'w') as file:
             json.dump(config, file)
         env = {**os.environ, 'PEBBLE_VA_NOSLEEP': '1', 'PEBBLE_AUTHZREUSE': '0', **self.env}
         with open(os.path.join(self.directory, 'pebble.log'), 'w') as output:
             self.process = subprocess.Popen(
-                ['pebble', '-config', path, '-dnsserver', f'{BIND_ADDRESS}:{PORTS["resolver"]}'], env=env,
+                [self.binary, '-config', path, '-dnsserver', f'{BIND_ADDRESS}:{PORTS["resolver"]}'], env=env,
                 stdout=output, stderr=subprocess.STDOUT)
         wait_until(lambda: self.get(self.url), 'Pebble')
 
@@ -308,7 +318,7 @@ def make_tls_certificate(directory: str) -> None:
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
+          .not_valid_after(now + datetime.timedelta(days=3650))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
@@ -317,7 +327,7 @@ def make_tls_certificate(directory: str) -> None:
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName('localhost'), x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
                 critical=False)

@@ -183,6 +183,24 @@ def dns_certificate(site, name='site', labels=('www',), zone='example.test', **c
     return hosts
 
 
+def http_certificate(site, name='site', labels=('www',), zone='example.test', **cert):
+    """Configure one certificate validated by HTTP-01 through the test web server: the way
+    to renew on a later day (faketime), where TSIG-signed DNS updates would be refused as
+    BADTIME."""
+    hosts = [site.host(label, zone) for label in labels]
+    site.config.setdefault('http_challenges', {}).update(
+        {host: site.env.http.challenge_dir for host in hosts})
+    site.config.setdefault('certificates', {})[name] = {
+        'common_name': hosts[0],
+        'alt_names': {zone: [h.removesuffix('.' + zone) for h in hosts]}, **cert}
+    return hosts
+
+
+def later(days: float) -> tuple[str, ...]:
+    """The launch prefix that runs acmebot days later (its clock only; see TESTING.md)."""
+    return ('faketime', '-f', f'+{days}d')
+
+
 def local_zone_site(site):
     """Local DNS updates through tests/reload_zone.py, which applies challenge files to
     BIND and logs each call; returns the log's path."""

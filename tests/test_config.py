@@ -253,10 +253,11 @@ def test_example_config_mentions_every_setting(acmebot_module):
     cert = data['certificates']['<www.example.org>']
     assert set(cert) == {'common_name', 'alt_names', 'services', 'dhparam_size',
                          'ecparam_curve', 'key_size', 'expiration_days', 'hpkp_days',
-                         'pin_subdomains', 'tlsa_records'}
+                         'pin_subdomains', 'tlsa_records', 'renewal_days', 'profile'}
     key = data['private_keys']['<example.com>']
     assert set(key) == {'certificates', 'key_size', 'expiration_days', 'hpkp_days',
-                        'pin_subdomains'}
+                        'pin_subdomains', 'renewal_days'}
+    assert key['certificates']['<mail.example.com>']['profile'] == '<shortlived>'
     tlsa = key['certificates']['<example.com>']['tlsa_records']['<example.com>']['www']
     assert set(tlsa) == {'ports', 'usage', 'selector', 'protocol', 'ttl'}
     assert set(data['zone_update_keys']['<example.org>']) == {'file', 'server', 'port'}

@@ -16,11 +16,11 @@ from cryptography.x509.oid import NameOID
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
 
 
-def self_signed(m, key, names, days_left, cn=None):
+def self_signed(m, key, names, days_left, cn=None, days_old=10):
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(NOW - datetime.timedelta(days=10))
+            .not_valid_before(NOW - datetime.timedelta(days=days_old))
             .not_valid_after(NOW + datetime.timedelta(days=days_left))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
             .sign(key, hashes.SHA256()))
@@ -31,11 +31,11 @@ def keys(acmebot_module):
     return acmebot_module.generate_private_key(2048), acmebot_module.generate_private_key(2048)
 
 
-def certificate_config(m, names, common_name=None):
+def certificate_config(m, names, common_name=None, profile=None):
     return m.CertificateConfig(
         name='c', common_name=common_name or names[0],
         alt_names=tuple(m.HostName('example.test', n) for n in names), services=(),
-        dhparam_size=0, ecparam_curve=None, tlsa_records=())
+        dhparam_size=0, ecparam_curve=None, tlsa_records=(), renewal_days=30, profile=profile)
 
 
 def test_renewal_reasons(acmebot_module, keys):
@@ -43,18 +43,142 @@ def test_renewal_reasons(acmebot_module, keys):
     key, other = keys
     config = certificate_config(m, ['a.example.test', 'b.example.test'])
     fine = self_signed(m, key, ['a.example.test', 'b.example.test'], 60, cn='a.example.test')
-    assert m.renewal_reasons(config, [fine], key, NOW, 30) == []
-    assert m.renewal_reasons(config, None, key, NOW, 30) == ['no certificate is installed']
-    expiring = self_signed(m, key, ['a.example.test', 'b.example.test'], 29)
-    assert m.renewal_reasons(config, [expiring], key, NOW, 30)[0].startswith('it expires')
-    assert m.renewal_reasons(config, [fine], other, NOW, 30) == [
+    assert m.renewal_reasons(config, [fine], key, None) == []
+    assert m.renewal_reasons(config, None, key, None) == ['no certificate is installed']
+    # time alone never makes a certificate due here: that is schedule_renewals' decision
+    expiring = self_signed(m, key, ['a.example.test', 'b.example.test'], 1)
+    assert m.renewal_reasons(config, [expiring], key, None) == []
+    assert m.renewal_reasons(config, [fine], other, None) == [
         'the certificate does not match the private key']
     changed = self_signed(m, key, ['a.example.test', 'c.example.test'], 60)
-    assert m.renewal_reasons(config, [changed], key, NOW, 30) == [
+    assert m.renewal_reasons(config, [changed], key, None) == [
         'the alternative names changed (+b.example.test, -c.example.test)']
     other_cn = self_signed(m, key, ['a.example.test', 'b.example.test'], 60, cn='b.example.test')
-    assert m.renewal_reasons(config, [other_cn], key, NOW, 30) == [
+    assert m.renewal_reasons(config, [other_cn], key, None) == [
         'the common name changed from b.example.test to a.example.test']
+    assert m.renewal_reasons(config, [fine], key, 'classic') == [
+        'the profile changed from "classic" to the CA\'s default']
+    short = certificate_config(m, ['a.example.test', 'b.example.test'], profile='shortlived')
+    assert m.renewal_reasons(short, [fine], key, None) == [
+        'the profile changed from the CA\'s default to "shortlived"']
+    assert m.renewal_reasons(short, [fine], key, 'shortlived') == []
+
+
+# RFC 9773 Appendix A: its certificate ID is aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE
+RFC_9773_CERTIFICATE = b"""-----BEGIN CERTIFICATE-----
+MIIBQzCB66ADAgECAgUAh2VDITAKBggqhkjOPQQDAjAVMRMwEQYDVQQDEwpFeGFt
+cGxlIENBMCIYDzAwMDEwMTAxMDAwMDAwWhgPMDAwMTAxMDEwMDAwMDBaMBYxFDAS
+BgNVBAMTC2V4YW1wbGUuY29tMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEeBZu
+7cbpAYNXZLbbh8rNIzuOoqOOtmxA1v7cRm//AwyMwWxyHz4zfwmBhcSrf47NUAFf
+qzLQ2PPQxdTXREYEnKMjMCEwHwYDVR0jBBgwFoAUaYhba4dGQEHhs3uEe6CuLN4B
+yNQwCgYIKoZIzj0EAwIDRwAwRAIge09+S5TZAlw5tgtiVvuERV6cT4mfutXIlwTb
++FYN/8oCIClDsqBklhB9KAelFiYt9+6FDj3z4KGVelYM5MdsO3pK
+-----END CERTIFICATE-----
+"""
+
+
+def test_certificate_id(acmebot_module, keys):
+    m = acmebot_module
+    cert = x509.load_pem_x509_certificate(RFC_9773_CERTIFICATE)
+    assert m.certificate_id(cert) == 'aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE'
+    # a serial without its top bit set needs no leading zero byte; no AKI, no ID
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(x509.Name([]))
+               .public_key(keys[0].public_key()).serial_number(0x7f)
+               .not_valid_before(NOW).not_valid_after(NOW + datetime.timedelta(days=1)))
+    assert m.certificate_id(builder.sign(keys[0], hashes.SHA256())) is None
+    aki = x509.AuthorityKeyIdentifier(b'\x01\x02', None, None)
+    with_aki = builder.add_extension(aki, False).sign(keys[0], hashes.SHA256())
+    assert m.certificate_id(with_aki) == 'AQI.fw'
+
+
+def renewal_info(m, start_days, end_days, pick=0.5, url=None):
+    start = NOW + datetime.timedelta(days=start_days)
+    end = NOW + datetime.timedelta(days=end_days)
+    return m.RenewalInfo(start, end, start + (end - start) * pick, url,
+                         NOW + datetime.timedelta(hours=6))
+
+
+@pytest.mark.parametrize(('days_old', 'days_left', 'renewal_days', 'due', 'text'), [
+    (60, 30, 30, False, 'renewal at 2026-11-26 12:00 UTC (renewal_days (30) before it expires'),
+    (61, 29, 30, True, 'it expires at 2026-12-25 12:00 UTC, within renewal_days (30)'),
+    (45, 45, 31, False, 'renewal at 2026-12-11 12:00 UTC (when a third of its lifetime is left'),
+    (61, 29, 45, True, 'a third of its lifetime left (it expires at 2026-12-25 12:00 UTC)'),
+    (0, 6, 30, False, 'renewal at 2026-11-30 12:00 UTC (when a third of its lifetime is left'),
+    (4.1, 1.9, 30, True, 'a third of its lifetime left'),
+    (1, 1, 0, False, 'renewal at 2026-11-27 12:00 UTC (renewal_days (0) before it expires'),
+    (10, -1, 30, True, 'it expired at 2026-11-25 12:00 UTC'),
+])
+def test_lifetime_rule(acmebot_module, keys, days_old, days_left, renewal_days, due, text):
+    """Without renewal information: due below the smaller of renewal_days and a third of
+    the lifetime; a fresh certificate of any lifetime is never due."""
+    m = acmebot_module
+    leaf = self_signed(m, keys[0], ['a.example.test'], days_left, days_old=days_old)
+    decision = m.renewal_decision(leaf, renewal_days, None, 'no renewal information', NOW)
+    assert decision.due is due
+    assert decision.reason.startswith(text), decision.reason
+
+
+def test_renewal_information_decides_when_present(acmebot_module, keys):
+    m = acmebot_module
+    leaf = self_signed(m, keys[0], ['a.example.test'], 80)   # the lifetime rule: not due
+    info = renewal_info(m, -2, -1, url='https://ca.example/incident')
+    decision = m.renewal_decision(leaf, 30, info, '', NOW)
+    assert decision.due and decision.explanation_url == 'https://ca.example/incident'
+    assert decision.reason == ('the CA suggests renewal now (ARI window 2026-11-24 12:00 UTC '
+                               'to 2026-11-25 12:00 UTC)')
+    later = m.renewal_decision(leaf, 30, renewal_info(m, 10, 12), '', NOW)
+    assert not later.due
+    assert later.reason == ('renewal at 2026-12-07 12:00 UTC (ARI window 2026-12-06 12:00 UTC '
+                            'to 2026-12-08 12:00 UTC)')
+    # a window that is not over yet, but whose picked time has passed, is due
+    assert m.renewal_decision(leaf, 30, renewal_info(m, -1, 1, pick=0.25), '', NOW).due
+    assert not m.renewal_decision(leaf, 30, renewal_info(m, -1, 1, pick=0.75), '', NOW).due
+    # ARI beats the lifetime rule both ways: an old certificate waits for its window
+    old = self_signed(m, keys[0], ['a.example.test'], 5, days_old=85)
+    assert not m.renewal_decision(old, 30, renewal_info(m, 1, 2), '', NOW).due
+    # ... unless the window lies after the certificate expires
+    past_expiry = m.renewal_decision(old, 30, renewal_info(m, 6, 7), 'x', NOW)
+    assert past_expiry.due
+    assert past_expiry.reason.startswith('it expires at 2026-12-01 12:00 UTC, within')
+
+
+def test_certificate_records(acmebot_module, tmp_path):
+    m = acmebot_module
+    path = str(tmp_path / 'resource' / 'certificates.json')
+    records = m.CertificateRecords.load(path)
+    assert records.profile('www', 'ID1') == (True, None)     # no record: issued under none
+    records.set_profile('www', 'ID1', 'classic')
+    records.set_renewal_info('www', 'ID1', renewal_info(m, 1, 2))
+    records.set_profile('www', 'ID2', 'shortlived')
+    records.set_profile('gone', 'ID9', None)
+    records.save({'www': ['ID1', 'ID2']}, ['www', 'mail'])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    loaded = m.CertificateRecords.load(path)
+    assert loaded.profile('www', 'ID1') == (True, 'classic')
+    assert loaded.renewal_info('www', 'ID1') == renewal_info(m, 1, 2)
+    assert loaded.renewal_info('www', 'ID2') is None
+    assert 'gone' not in loaded.entries                      # no longer configured
+    mtime = os.stat(path).st_mtime_ns
+    loaded.save({'www': ['ID1', 'ID2']}, ['www'])
+    assert os.stat(path).st_mtime_ns == mtime                 # unchanged: not rewritten
+    loaded.save({'www': ['ID2']}, ['www'])                    # ID1 was replaced
+    assert list(m.CertificateRecords.load(path).entries['www']) == ['ID2']
+    with open(path, 'w') as file:
+        file.write('{"certificates": [')
+    damaged = m.CertificateRecords.load(path)
+    assert damaged.profile('www', 'ID2') == (False, None)    # unknown: no profile reissue
+    damaged.save({'www': []}, ['www'])
+    assert m.CertificateRecords.load(path).entries == {}
+
+
+def test_refused_replaces(acmebot_module):
+    m = acmebot_module
+    def error(code, detail):
+        return m.acme_messages.Error(typ=f'urn:ietf:params:acme:error:{code}', detail=detail)
+    assert m._refuses_replaces(error('alreadyReplaced', detail='already replaced'))
+    assert m._refuses_replaces(error('malformed', detail='unknown field'))
+    assert m._refuses_replaces(error('badRequest', detail='cannot process "replaces"'))
+    assert not m._refuses_replaces(error('rejectedIdentifier', detail='blocked name'))
 
 
 def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
