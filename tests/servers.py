@@ -245,6 +245,7 @@ class Pebble:
     # the tests' Pebble, which never orders such names, blocks one.
     blocklist: tuple[str, ...] = ()
     profiles: dict[str, int] = field(default_factory=dict)   # name: validity in seconds
+    validity: int = CERTIFICATE_VALIDITY                      # without profiles, in seconds
     binary: str = 'pebble'
     process: subprocess.Popen | None = None
 
@@ -274,7 +275,7 @@ class Pebble:
             'privateKey': os.path.join(self.directory, 'server.key'),
             'httpPort': PORTS['http'], 'tlsPort': 443, 'ocspResponderURL': '',
             'externalAccountBindingRequired': self.eab_required,
-            'certificateValidityPeriod': CERTIFICATE_VALIDITY,
+            'certificateValidityPeriod': self.validity,
             'domainBlocklist': list(self.blocklist),
         }}
         if self.eab_required:
@@ -301,6 +302,11 @@ class Pebble:
 
     def root_pem(self) -> bytes:
         return self.get(f'https://127.0.0.1:{self.management_port}/roots/0')
+
+    def requests_seen(self, path: str) -> int:
+        """How many requests for path (a prefix) Pebble has logged so far."""
+        with open(os.path.join(self.directory, 'pebble.log')) as file:
+            return sum(1 for line in file if f' {path}' in line and '-> calling handler' in line)
 
     def certificate_status(self, serial: int) -> dict:
         return json.loads(self.get(

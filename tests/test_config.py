@@ -64,6 +64,12 @@ def assert_config_error(tmp_path, config, pattern):
     ({'settings__renewal_dayz': 30}, r'settings\.renewal_dayz: unknown setting'),
     ({'settings__renewal_days': '30d'}, r'settings\.renewal_days: expected a whole number.*"30d"'),
     ({'settings__slave_mode': 1}, r'settings\.slave_mode: expected true or false'),
+    ({'settings__profile': ''}, r'settings\.profile: expected null or the name of a profile'),
+    ({'settings__profile': 6}, r'settings\.profile: expected null or the name of a profile.*6'),
+    ({'certificates__example.test__profile': 'short lived'},
+     r'certificates\.example\.test\.profile: expected null or the name.*"short lived"'),
+    ({'certificates__example.test__renewal_days': -1},
+     r'certificates\.example\.test\.renewal_days: expected a whole number from 0'),
     ({'settings__key_size': 1024}, r'settings\.key_size: expected a whole number from 2048'),
     ({'settings__ecparam_curve': 'secp999'}, r'settings\.ecparam_curve: expected null or one of'),
     ({'settings__dns_resolvers': ['ns.example']}, r'settings\.dns_resolvers\[0\]: expected an IP'),
@@ -201,6 +207,24 @@ def test_inheritance_settings_key_certificate(acmebot_module, tmp_path):
     assert (a.dhparam_size, a.ecparam_curve) == (0, None)
     assert (b.dhparam_size, b.ecparam_curve) == (1024, 'secp384r1')
     assert b.dns_names == ('b.example.test', '*.example.test')
+
+
+def test_renewal_days_and_profile_per_key_and_certificate(acmebot_module, tmp_path):
+    config = acmebot_module.parse_config({
+        'settings': {'file_group': 'root', 'renewal_days': 20, 'profile': 'classic'},
+        'certificates': {'single.example.test': {
+            'alt_names': {'example.test': ['single']}, 'renewal_days': 3, 'profile': None}},
+        'private_keys': {'k': {'renewal_days': 10, 'profile': 'shortlived', 'certificates': {
+            'a': {'alt_names': {'example.test': ['a']}, 'common_name': 'a.example.test'},
+            'b': {'alt_names': {'example.test': ['b']}, 'common_name': 'b.example.test',
+                  'renewal_days': 5, 'profile': 'tlsserver'},
+        }}, 'plain': {'certificates': {
+            'c': {'alt_names': {'example.test': ['c']}, 'common_name': 'c.example.test'}}}},
+    }, str(tmp_path / 'a.json'))
+    found = {cert.name: (cert.renewal_days, cert.profile)
+             for key in config.private_keys for cert in key.certificates}
+    assert found == {'single.example.test': (3, None), 'a': (10, 'shortlived'),
+                     'b': (5, 'tlsserver'), 'c': (20, 'classic')}
 
 
 def example_config(tmp_path):

@@ -179,6 +179,7 @@ def test_refused_replaces(acmebot_module):
     assert m._refuses_replaces(error('malformed', detail='unknown field'))
     assert m._refuses_replaces(error('badRequest', detail='cannot process "replaces"'))
     assert not m._refuses_replaces(error('rejectedIdentifier', detail='blocked name'))
+    assert m._refuses_replaces(m.acme_errors.ConflictError('https://ca.example/order/1'))
 
 
 def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
