@@ -19,6 +19,7 @@ from sites import (
     assert_ok,
     http_certificate,
     later,
+    load_key,
     pem_certificates,
 )
 
@@ -330,3 +331,17 @@ def test_profile_asked_of_a_ca_without_profiles(site, old_pebble):
     assert f'site: certificate site: profile "shortlived" cannot be requested: the CA at ' \
         f'{old_pebble.url} offers no profiles (set profile to null)' in result.stderr
     assert site.output_files() == []
+
+
+def test_records_that_cannot_be_written_do_not_stop_installation(site):
+    http_certificate(site)
+    os.makedirs(site.path('resource', 'certificates.json'))
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'WARNING: cannot read .*/certificates.json: Is a directory', result.stderr)
+    assert re.search(r'ERROR: cannot write .*/certificates.json: Is a directory', result.stderr)
+    assert result.stderr.count('ERROR') == 1
+    assert 'Traceback' not in result.stderr
+    assert result.stdout.startswith('issued certificate site')
+    assert installed(site).public_key() == load_key(site.read('private_key', 'site.key')
+                                                   ).public_key()
