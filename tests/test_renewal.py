@@ -345,3 +345,23 @@ def test_records_that_cannot_be_written_do_not_stop_installation(site):
     assert result.stdout.startswith('issued certificate site')
     assert installed(site).public_key() == load_key(site.read('private_key', 'site.key')
                                                    ).public_key()
+
+
+def test_certificate_from_another_ca(site, profiles_pebble):
+    """After moving to another CA, it knows nothing of the installed certificate: its
+    renewal information is not to be had (quietly: the lifetime rule applies), and the
+    renewal order cannot replace it."""
+    http_certificate(site)
+    assert_ok(site.run())
+    use(site, profiles_pebble)
+    result = site.run(prefix=later(0.3))
+    assert_ok(result)
+    assert result.stdout == result.stderr == ''
+    result = site.run('--verbose', prefix=later(0.6))
+    assert_ok(result)
+    assert re.search(r'certificate site: no renewal information: https://127\.0\.0\.1:14004/'
+                     r'\S+ answered HTTP 400: .+', result.stdout), result.stdout
+    assert 'renewal information could not be fetched)' in result.stdout
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert 'ordering without "replaces"' in result.stdout
