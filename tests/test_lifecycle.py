@@ -240,6 +240,64 @@ def test_revoke_then_next_run_rolls_over_and_reissues(site):
     assert site.env.pebble.certificate_status(new_leaf.serial_number)['Status'] == 'Valid'
 
 
+def test_revoke_with_a_reason(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    result = site.run('--revoke', '--reason', 'superseded', 'site')
+    assert_ok(result)
+    assert f'revoked certificate site (serial {leaf.serial_number:x}, reason superseded)' \
+        in result.stdout
+    status = site.env.pebble.certificate_status(leaf.serial_number)
+    assert (status['Status'], status['Reason']) == ('Revoked', 4)
+
+
+def test_key_compromise_is_signed_with_the_compromised_key(site):
+    """Let's Encrypt accepts keyCompromise only signed with the certificate's own key. An
+    account that never ordered the certificate cannot revoke it otherwise: here the account
+    is replaced by a fresh one before revoking."""
+    dns_certificate(site)
+    assert_ok(site.run())
+    leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    for name in ('client_key.json', 'registration.json'):
+        os.remove(site.path('resource', name))
+    result = site.run('--revoke', '--reason', 'superseded', 'site')
+    assert result.returncode == 1                 # the new account may not revoke it
+    assert 'revoking certificate site:' in result.stderr
+    assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
+    assert os.path.exists(site.path('certificate', 'site.pem'))    # nothing archived
+    result = site.run('--revoke', '--reason', 'keyCompromise', 'site')
+    assert_ok(result)
+    status = site.env.pebble.certificate_status(leaf.serial_number)
+    assert (status['Status'], status['Reason']) == ('Revoked', 1)
+    assert not os.path.exists(site.path('private_key', 'site.key'))
+
+
+def test_key_compromise_needs_the_matching_key(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    os.replace(site.path('private_key', 'site_backup.key'), site.path('private_key', 'site.key'))
+    before = site.snapshot()
+    result = site.run('--revoke', '--reason', 'keyCompromise', 'site')
+    assert result.returncode == 1
+    assert 'certificate site does not match' in result.stderr
+    assert 'cannot be revoked for keyCompromise with that key' in result.stderr
+    assert site.snapshot() == before
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--reason', 'superseded', 'site'), '--reason goes with --revoke'),
+    (('--revoke', '--reason', 'cACompromise', 'site'), "argument --reason: invalid choice"),
+])
+def test_reason_usage_errors(site, args, message):
+    dns_certificate(site)
+    site.write_config()
+    result = site.run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert site.output_files() == []
+
+
 def test_services_reloaded_once_per_run_and_not_on_a_no_op_run(site):
     log = service_commands(site)
     shared_key_site(site, services={'main': ['nginx'], 'mail': ['dovecot', 'postfix',
