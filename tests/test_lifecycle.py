@@ -224,7 +224,8 @@ def test_revoke_then_next_run_rolls_over_and_reissues(site):
     assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
     result = site.run('--revoke', 'site')
     assert_ok(result)
-    assert f'revoked certificate site (serial {leaf.serial_number:x})' in result.stdout
+    assert f'revoked certificate site (serial {leaf.serial_number:x}, reason unspecified)' \
+        in result.stdout
     assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Revoked'
     for directory, name in (('certificate', 'site.pem'), ('private_key', 'site.key'),
                             ('private_key', 'site_full.key')):
