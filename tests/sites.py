@@ -169,6 +169,35 @@ def check_loopback_only(config: dict[str, Any]) -> None:
         assert ipaddress.ip_address(address.strip('[]')).is_loopback, resolver
 
 
+def acme_client(site, key_json: bytes | None = None, with_account: bool = True):
+    """An `acme` client of the site's CA signed with the site's account key (or key_json),
+    as the tests' own way to ask the CA about an account or a certificate."""
+    from acme import client, messages
+    key = client.jose.JWK.json_loads(key_json or site.read('resource', 'client_key.json'))
+    account = None
+    if with_account:
+        uri = json.loads(site.read('resource', 'registration.json'))['uri']
+        account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+    settings = site.config['settings']
+    net = client.ClientNetwork(key, alg=client.jose.ES256, account=account,
+                               verify_ssl=settings['acme_ca_bundle'])
+    return client.ClientV2(client.ClientV2.get_directory(settings['acme_directory_url'], net),
+                           net)
+
+
+def account_of_key(site, key_json: bytes) -> str:
+    """The URL of the account the CA knows for key_json, or the ACME error code."""
+    from acme import errors, messages
+    try:
+        acme_client(site, key_json, with_account=False).new_account(
+            messages.NewRegistration(only_return_existing=True))
+    except errors.ConflictError as existing:
+        return existing.location
+    except messages.Error as error:
+        return error.code or str(error.typ)
+    raise AssertionError('the CA created an account for onlyReturnExisting')
+
+
 # ---- configuring a site --------------------------------------------------------------
 
 

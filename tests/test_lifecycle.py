@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import subprocess
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from servers import (
     APACHE_ADDRESS,
     NGINX_ADDRESS,
@@ -21,6 +23,7 @@ from servers import (
     stop_process,
 )
 from sites import (
+    account_of_key,
     assert_ok,
     dns_certificate,
     load_key,
@@ -29,6 +32,7 @@ from sites import (
     service_commands,
     spki,
 )
+from sites import mode as file_mode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DAY = 86400
@@ -369,3 +373,92 @@ def test_corrupt_certificate_file_is_reissued(site):
     assert 'certificate site is due:' in result.stdout
     assert spki(pem_certificates(site.read('certificate', 'site.pem'))[0]) == spki(
         load_key(site.read('private_key', 'site.key')))
+
+
+# ---- account key rollover ------------------------------------------------------------
+
+
+def account_archive(site):
+    root = site.path('archive', '@account')
+    return {stamp: os.listdir(os.path.join(root, stamp)) for stamp in os.listdir(root)}
+
+
+def test_account_key_rollover(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    old_key = site.read('resource', 'client_key.json')
+    account = json.loads(site.read('resource', 'registration.json'))['uri']
+    assert account_of_key(site, old_key) == account
+    result = site.run('--rollover-account')
+    assert_ok(result)
+    assert re.fullmatch(r'changed the ACME account key; the old key is archived in '
+                        r'\S+/archive/@account/\d{4}_\d\d_\d\d_\d{6}\n', result.stdout)
+    new_key = site.read('resource', 'client_key.json')
+    assert new_key != old_key
+    assert file_mode(site.path('resource', 'client_key.json')) == 0o600
+    assert not os.path.exists(site.path('resource', 'client_key.json.new'))
+    (stamp, names), = account_archive(site).items()
+    assert names == ['client_key.json']
+    archived = site.path('archive', os.path.join('@account', stamp, 'client_key.json'))
+    assert file_mode(archived) == 0o600
+    assert site.read('archive', os.path.join('@account', stamp, 'client_key.json')) == old_key
+    # the same account, reachable with the new key only
+    assert account_of_key(site, new_key) == account
+    assert account_of_key(site, old_key) == 'accountDoesNotExist'
+    assert json.loads(site.read('resource', 'registration.json'))['uri'] == account
+    assert_ok(site.run('--renew'))            # and the account goes on issuing
+    assert site.read('resource', 'client_key.json') == new_key
+
+
+def test_interrupted_account_rollover_is_completed_by_the_next_run(site):
+    """The CA accepted the new key, but it could not be installed (here the archive is
+    blocked): the account is never left without a key that works, and the next run
+    installs it."""
+    dns_certificate(site)
+    assert_ok(site.run())
+    old_key = site.read('resource', 'client_key.json')
+    account = json.loads(site.read('resource', 'registration.json'))['uri']
+    os.makedirs(site.dirs['archive'], exist_ok=True)
+    blocker = site.path('archive', '@account')
+    with open(blocker, 'w') as file:
+        file.write('in the way\n')
+    result = site.run('--rollover-account')
+    assert result.returncode == 1
+    assert 'the CA changed the ACME account key, but the new key could not be installed' \
+        in result.stderr
+    assert 'installed by the next run' in result.stderr
+    assert 'Traceback' not in result.stderr
+    pending = site.read('resource', 'client_key.json.new')
+    assert file_mode(site.path('resource', 'client_key.json.new')) == 0o600
+    assert site.read('resource', 'client_key.json') == old_key
+    assert account_of_key(site, pending) == account            # the key that works is kept
+    os.remove(blocker)
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert 'completing the ACME account key change an earlier run began' in result.stdout
+    assert site.read('resource', 'client_key.json') == pending
+    assert not os.path.exists(site.path('resource', 'client_key.json.new'))
+    assert [names for names in account_archive(site).values()] == [['client_key.json']]
+
+
+def test_pending_key_of_a_change_that_never_happened_is_dropped(site):
+    dns_certificate(site)
+    assert_ok(site.run())
+    old_key = site.read('resource', 'client_key.json')
+    key = ec.generate_private_key(ec.SECP256R1())
+    from acme import client
+    with open(site.path('resource', 'client_key.json.new'), 'wb') as file:
+        file.write(client.jose.JWKEC(key=key).json_dumps().encode())
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert 'the ACME account key change did not happen' in result.stdout
+    assert not os.path.exists(site.path('resource', 'client_key.json.new'))
+    assert site.read('resource', 'client_key.json') == old_key
+
+
+def test_rollover_account_takes_no_key_names(site):
+    dns_certificate(site)
+    site.write_config()
+    result = site.run('--rollover-account', 'site')
+    assert result.returncode == 2
+    assert '--rollover-account takes no private key names' in result.stderr

@@ -12,10 +12,9 @@ import os
 import re
 
 import pytest
-from acme import client as acme_client
-from acme import messages as acme_messages
 from servers import PEBBLE_2_4, Pebble
 from sites import (
+    acme_client,
     assert_ok,
     http_certificate,
     later,
@@ -197,14 +196,7 @@ def test_explanation_url_is_printed_with_the_renewal(site):
 def revoke_with_account(site, cert):
     """Revoke a certificate at Pebble with the site's own ACME account (what the CA would do
     on its own after a key compromise or an incident)."""
-    key = acme_client.jose.JWK.json_loads(site.read('resource', 'client_key.json'))
-    uri = json.loads(site.read('resource', 'registration.json'))['uri']
-    net = acme_client.ClientNetwork(key, alg=acme_client.jose.ES256,
-                                    verify_ssl=site.env.pebble.ca_file,
-                                    account=acme_messages.RegistrationResource(
-                                        uri=uri, body=acme_messages.Registration()))
-    directory = acme_client.ClientV2.get_directory(site.env.pebble.url, net)
-    acme_client.ClientV2(directory, net).revoke(cert, 0)
+    acme_client(site).revoke(cert, 0)
 
 
 def test_ari_trouble_is_quiet_and_falls_back_to_the_lifetime_rule(site):
