@@ -54,6 +54,7 @@ PORTS = {
     'pebble-reuse': 14003, 'pebble-reuse-management': 15003,     # reuses authorizations
     'pebble-profiles': 14004, 'pebble-profiles-management': 15004,  # classic and shortlived
     'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
+    'pebble-chains': 14006, 'pebble-chains-management': 15006,   # alternate chains
     'nginx': 8443, 'apache': 8444,
 }
 ZONES = ('example.test', 'local.test', 'other.test')

@@ -35,7 +35,8 @@ def certificate_config(m, names, common_name=None, profile=None):
     return m.CertificateConfig(
         name='c', common_name=common_name or names[0],
         alt_names=tuple(m.HostName('example.test', n) for n in names), services=(),
-        dhparam_size=0, ecparam_curve=None, tlsa_records=(), renewal_days=30, profile=profile)
+        dhparam_size=0, ecparam_curve=None, tlsa_records=(), renewal_days=30, profile=profile,
+        preferred_chain=())
 
 
 def test_renewal_reasons(acmebot_module, keys):
@@ -458,3 +459,15 @@ def test_printable_escapes_control_characters(acmebot_module):
     m = acmebot_module
     assert m.printable('a\nb\x00c\u202ed é') == 'a\\nb\\x00c\\u202ed é'
     assert str(m.ConfigError('x\ny', 'bad\x1b[31m')) == 'x\\ny: bad\\x1b[31m'
+
+
+def test_alternate_links(acmebot_module):
+    m = acmebot_module
+    response = m.requests.Response()
+    response.url = 'https://ca.example/cert/1'
+    # two Link headers arrive joined by a comma; response.links would keep one alternate
+    response.headers['Link'] = ('<https://ca.example/dir>;rel="index", </cert/1/1>;'
+                                'rel="alternate", <https://ca.example/cert/1/2>;rel="alternate"')
+    assert m.alternate_links(response) == ['https://ca.example/cert/1/1',
+                                           'https://ca.example/cert/1/2']
+    assert m.alternate_links(m.requests.Response()) == []
