@@ -352,6 +352,7 @@ def make_tls_certificate(directory: str) -> None:
 @dataclass
 class HttpServer:
     webroot: str
+    address: str = HTTP_ADDRESS
     process: subprocess.Popen | None = None
 
     @property
@@ -361,12 +362,13 @@ class HttpServer:
     def start(self) -> None:
         os.makedirs(self.challenge_dir, exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'http.server', '--bind', HTTP_ADDRESS, str(PORTS['http']),
+            [sys.executable, '-m', 'http.server', '--bind', self.address, str(PORTS['http']),
              '--directory', self.webroot],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def answers() -> bool:
-            with socket.create_connection((HTTP_ADDRESS, PORTS['http']), timeout=1):
+            require_loopback(self.address)
+            with socket.create_connection((self.address, PORTS['http']), timeout=1):
                 return True
         wait_until(answers, 'HTTP server')
 

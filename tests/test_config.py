@@ -68,6 +68,16 @@ def assert_config_error(tmp_path, config, pattern):
     ({'settings__profile': 6}, r'settings\.profile: expected null or the name of a profile.*6'),
     ({'certificates__example.test__profile': 'short lived'},
      r'certificates\.example\.test\.profile: expected null or the name.*"short lived"'),
+    ({'certificates__example.test__ip_addresses': ['300.1.1.1']},
+     (r'certificates\.example\.test\.ip_addresses\[0\]: expected an IPv4 or IPv6 address, got '
+     r'"300\.1\.1\.1"')),
+    ({'certificates__example.test__ip_addresses': ['192.0.2.1', '2001:db8::1']},
+     (r'certificates\.example\.test\.ip_addresses\[0\]: IP address 192\.0\.2\.1 has no '
+     r'directory in http_challenges \(an IP address is validated by http-01 only\)')),
+    ({'certificates__example.test__alt_names': {'192.0.2.1': ['@']}},
+     r'alt_names\.192\.0\.2\.1: "192\.0\.2\.1" is an IP address, not a host name'),
+    ({'http_challenges': {'2001:db8::1': '/tmp', '2001:DB8:0::1': '/tmp'}},
+     r'http_challenges\.2001:DB8:0::1: "2001:DB8:0::1" names the same host as "2001:db8::1"'),
     ({'certificates__example.test__renewal_days': -1},
      r'certificates\.example\.test\.renewal_days: expected a whole number from 0'),
     ({'settings__key_size': 1024}, r'settings\.key_size: expected a whole number from 2048'),

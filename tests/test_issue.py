@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -10,8 +11,9 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from servers import EAB_HMAC_KEY, TSIG_ALGORITHMS, Pebble
+from servers import EAB_HMAC_KEY, HTTP_ADDRESS, TSIG_ALGORITHMS, HttpServer, Pebble
 from sites import (
     assert_no_challenge_records,
     assert_ok,
@@ -190,6 +192,51 @@ def test_http01_and_dns01_mixed(site):
     assert f'{dnsname}: authorized by dns-01' in result.stdout
     assert os.listdir(site.env.http.challenge_dir) == []
     assert san(pem_certificates(site.read('certificate', 'mixed.pem'))[0]) == {web, dnsname}
+
+
+@pytest.fixture(scope='module')
+def ipv6_http(environment):
+    """The test web server's webroot served on [::1]:80 too, for an IPv6 identifier."""
+    server = HttpServer(environment.http.webroot, '::1')
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_ip_addresses_validated_by_http01(site, ipv6_http):
+    web = site.host('web')
+    challenges = site.env.http.challenge_dir
+    site.config['http_challenges'] = {HTTP_ADDRESS: challenges, '::1': challenges, web: challenges}
+    site.config['certificates'] = {
+        'addresses': {'ip_addresses': [HTTP_ADDRESS, '0:0::1']},     # no names, no CN
+        'mixed': {'common_name': web, 'alt_names': {'example.test': [web.split('.')[0]]},
+                  'ip_addresses': HTTP_ADDRESS},
+    }
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert f'{HTTP_ADDRESS}: authorized by http-01' in result.stdout
+    assert '::1: authorized by http-01' in result.stdout
+    addresses = pem_certificates(site.read('certificate', 'addresses.pem'))[0]
+    assert ip_sans(addresses) == {ipaddress.ip_address(HTTP_ADDRESS),
+                                  ipaddress.ip_address('::1')}
+    assert san(addresses) == set()
+    mixed = pem_certificates(site.read('certificate', 'mixed.pem'))[0]
+    assert san(mixed) == {web} and ip_sans(mixed) == {ipaddress.ip_address(HTTP_ADDRESS)}
+    assert os.listdir(challenges) == []
+    result = site.run('--verbose')            # the addresses are compared like names
+    assert_ok(result)
+    assert 'is due' not in result.stdout
+    site.config['certificates']['mixed']['ip_addresses'] = []
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert f'certificate mixed is due: the alternative names changed (-{HTTP_ADDRESS})' \
+        in result.stdout
+    assert ip_sans(pem_certificates(site.read('certificate', 'mixed.pem'))[0]) == set()
+
+
+def ip_sans(cert):
+    return set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+               .value.get_values_for_type(x509.IPAddress))
 
 
 def test_local_dns_challenge_file_and_reload(site):

@@ -34,7 +34,8 @@ def keys(acmebot_module):
 def certificate_config(m, names, common_name=None, profile=None):
     return m.CertificateConfig(
         name='c', common_name=common_name or names[0],
-        alt_names=tuple(m.HostName('example.test', n) for n in names), services=(),
+        alt_names=tuple(m.HostName('example.test', n) for n in names), ip_addresses=(),
+        services=(),
         dhparam_size=0, ecparam_curve=None, tlsa_records=(), renewal_days=30, profile=profile,
         preferred_chain=())
 
@@ -191,6 +192,11 @@ def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
     names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ['a.example.test', '*.example.test']
     assert csr.is_signature_valid
+    addresses = x509.load_pem_x509_csr(m.make_csr(keys[0], None, ['192.0.2.1', '2001:db8::1']))
+    assert list(addresses.subject) == []
+    names = addresses.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ['192.0.2.1',
+                                                                            '2001:db8::1']
 
 
 def test_ec_parameters(acmebot_module):
