@@ -288,10 +288,10 @@ def test_example_config_mentions_every_setting(acmebot_module):
     assert set(cert) == {'common_name', 'alt_names', 'services', 'dhparam_size',
                          'ecparam_curve', 'key_size', 'expiration_days', 'hpkp_days',
                          'pin_subdomains', 'tlsa_records', 'renewal_days', 'profile',
-                         'preferred_chain'}
+                         'preferred_chain', 'key_types', 'key_curve'}
     key = data['private_keys']['<example.com>']
     assert set(key) == {'certificates', 'key_size', 'expiration_days', 'hpkp_days',
-                        'pin_subdomains', 'renewal_days'}
+                        'pin_subdomains', 'renewal_days', 'key_types', 'key_curve'}
     assert key['certificates']['<mail.example.com>']['profile'] == '<shortlived>'
     tlsa = key['certificates']['<example.com>']['tlsa_records']['<example.com>']['www']
     assert set(tlsa) == {'ports', 'usage', 'selector', 'protocol', 'ttl'}

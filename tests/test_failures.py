@@ -190,7 +190,7 @@ def test_signal_during_key_generation_ends_the_run(site, signum):
     try:
         lines = [process.stdout.readline() for _ in range(2)]
         assert lines == ['site: generate a new key pair\n',
-                         'site: generating a 16384-bit primary private key\n'], lines
+                         'site: generating a 16384-bit RSA primary private key\n'], lines
         time.sleep(0.5)                   # well inside the generation
         process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)

@@ -173,17 +173,6 @@ def test_certificate_records(acmebot_module, tmp_path):
     assert m.CertificateRecords.load(path).entries == {}
 
 
-def test_refused_replaces(acmebot_module):
-    m = acmebot_module
-    def error(code, detail):
-        return m.acme_messages.Error(typ=f'urn:ietf:params:acme:error:{code}', detail=detail)
-    assert m._refuses_replaces(error('alreadyReplaced', detail='already replaced'))
-    assert m._refuses_replaces(error('malformed', detail='unknown field'))
-    assert m._refuses_replaces(error('badRequest', detail='cannot process "replaces"'))
-    assert not m._refuses_replaces(error('rejectedIdentifier', detail='blocked name'))
-    assert m._refuses_replaces(m.acme_errors.ConflictError('https://ca.example/order/1'))
-
-
 def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
     m = acmebot_module
     csr = x509.load_pem_x509_csr(m.make_csr(keys[0], 'a.example.test',
@@ -382,7 +371,8 @@ def test_wanted_tlsa_records(acmebot_module, keys):
         tlsa_record(m, 'a.example.test', usage='PKIX_TA', selector='CERT', ttl=60)))
     b = dataclasses.replace(certificate_config(m, ['b.example.test']), name='b', tlsa_records=(
         tlsa_record(m, 'a.example.test', usage='PKIX_EE', selector='CERT'),))
-    wanted = m.wanted_tlsa_records([(a, [leaf, issuer]), (b, [leaf])], None, primary, backup)
+    wanted = m.wanted_tlsa_records([(a, [leaf, issuer], None, [primary, backup]),
+                                    (b, [leaf], None, [primary, backup])])
     assert sorted(wanted) == ['_25._tcp.a.example.test', '_443._tcp.a.example.test']
     spki = {(3, 1, 1, m.spki_sha256(key)) for key in (primary, backup)}
     der = serialization.Encoding.DER
@@ -393,7 +383,7 @@ def test_wanted_tlsa_records(acmebot_module, keys):
     # One name asked for by three records of two certificates: the union, the smallest TTL.
     assert wanted['_443._tcp.a.example.test'].values == spki | {anchor, end_entity}
     assert wanted['_443._tcp.a.example.test'].ttl == 60
-    assert m.wanted_tlsa_records([], None, primary, backup) == {}
+    assert m.wanted_tlsa_records([]) == {}
 
 
 def test_changed_certificates(acmebot_module, tmp_path):
