@@ -4,10 +4,12 @@ live in sites.py (sites and configurations) and servers.py (the servers)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from servers import Environment, start_environment
+from servers import DAY, PEBBLE_2_4, Environment, Pebble, start_environment
 from sites import Site, load_acmebot_module
 
 
@@ -31,3 +33,52 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Environment:
 @pytest.fixture
 def site(environment: Environment, tmp_path: Any) -> Site:
     return Site(environment, str(tmp_path))
+
+
+# ---- further CAs, each started when a test first needs it ----------------------------
+
+
+def started_pebble(factory: pytest.TempPathFactory, name: str, **options: Any
+                   ) -> Iterator[Pebble]:
+    pebble = Pebble(str(factory.mktemp(name)), name, **options)
+    pebble.start()
+    try:
+        yield pebble
+    finally:
+        pebble.stop()
+
+
+@pytest.fixture(scope='session')
+def reuse_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Pebble]:
+    """A Pebble that always reuses valid authorizations, as Let's Encrypt does and the
+    master/slave split needs."""
+    yield from started_pebble(tmp_path_factory, 'pebble-reuse',
+                              env={'PEBBLE_AUTHZREUSE': '100'})
+
+
+@pytest.fixture(scope='session')
+def profiles_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Pebble]:
+    """Pebble 2.10 offering two profiles, as Let's Encrypt does."""
+    yield from started_pebble(tmp_path_factory, 'pebble-profiles',
+                              profiles={'classic': 90 * DAY, 'shortlived': 6 * DAY})
+
+
+@pytest.fixture(scope='session')
+def old_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Pebble]:
+    """Debian 12's Pebble 2.4: neither renewal information nor profiles; 6-day
+    certificates."""
+    if not os.access(PEBBLE_2_4, os.X_OK):
+        raise RuntimeError(f'{PEBBLE_2_4} is missing: run tests/install-test-deps')
+    yield from started_pebble(tmp_path_factory, 'pebble-2.4', binary=PEBBLE_2_4,
+                              validity=6 * DAY)
+
+
+@pytest.fixture(scope='session')
+def chains_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Pebble]:
+    """A Pebble that offers an alternate chain to a second root."""
+    yield from started_pebble(tmp_path_factory, 'pebble-chains',
+                              env={'PEBBLE_ALTERNATE_ROOTS': '1'})

@@ -64,7 +64,8 @@ LEGACY_ALGORITHM_NUMBERS = {'hmac-md5': 157, 'hmac-sha1': 161, 'hmac-sha224': 16
                             'hmac-sha256': 163, 'hmac-sha384': 164, 'hmac-sha512': 165}
 EAB_KID = 'kid-test'
 EAB_HMAC_KEY = base64.urlsafe_b64encode(b'acmebot-test-eab-hmac-key-0123456789').decode()
-CERTIFICATE_VALIDITY = 90 * 86400
+DAY = 86400
+CERTIFICATE_VALIDITY = 90 * DAY
 # Debian 12's Pebble, unpacked by install-test-deps: a CA without renewalInfo and profiles.
 PEBBLE_2_4 = os.path.join(ROOT, '.test-tools', 'pebble-2.4', 'usr', 'bin', 'pebble')
 
@@ -437,11 +438,13 @@ Include {site.path('hpkp', name + '.apache')}
 '''
 
 
-def run_nginx(site, name, directory):
+def run_nginx(site, name, directory, snippet_text=None):
+    """nginx serving one server block that includes the seed's snippet for the certificate
+    name (or snippet_text)."""
     os.makedirs(directory, exist_ok=True)
     snippet = os.path.join(directory, 'snippet')
     with open(snippet, 'w') as file:
-        file.write(nginx_snippet(site, name))
+        file.write(snippet_text or nginx_snippet(site, name))
     conf = os.path.join(directory, 'nginx.conf')
     with open(conf, 'w') as file:
         file.write(f'''daemon off;
@@ -508,6 +511,20 @@ Listen {APACHE_ADDRESS}:{PORTS['apache']}
     assert check.returncode == 0, check.stderr
     return subprocess.Popen(['apache2', '-DFOREGROUND', '-f', conf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def served_certificate(address, host, ca_pem: bytes, cipher: str) -> bytes:
+    """The DER certificate a loopback TLS server presents for host to a TLS 1.2 client
+    offering only cipher (ECDHE-ECDSA-... or ECDHE-RSA-...: the server must pick the
+    certificate of that key type), verified against ca_pem."""
+    require_loopback(address[0])
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    wait_until(lambda: socket.create_connection(address, timeout=1).close() or True, 'TLS')
+    with socket.create_connection(address, timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        return tls.getpeercert(binary_form=True)
 
 
 def fetch_headers(address, host, ca_pem: bytes, path: str = '/index.html') -> dict[str, str]:

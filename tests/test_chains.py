@@ -6,17 +6,7 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from servers import Pebble
 from sites import assert_ok, dns_certificate, pem_certificates
-
-
-@pytest.fixture(scope='module')
-def chains_pebble(environment, tmp_path_factory):
-    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-chains')), 'pebble-chains',
-                    env={'PEBBLE_ALTERNATE_ROOTS': '1'})
-    pebble.start()
-    yield pebble
-    pebble.stop()
 
 
 def root_name(pebble, index):

@@ -78,6 +78,19 @@ def assert_config_error(tmp_path, config, pattern):
      r'alt_names\.192\.0\.2\.1: "192\.0\.2\.1" is an IP address, not a host name'),
     ({'http_challenges': {'2001:db8::1': '/tmp', '2001:DB8:0::1': '/tmp'}},
      r'http_challenges\.2001:DB8:0::1: "2001:DB8:0::1" names the same host as "2001:db8::1"'),
+    ({'settings__key_types': []}, (r'settings\.key_types: expected a list of different key types '
+     r'from rsa, ecdsa, got \[\]')),
+    ({'settings__key_types': ['rsa', 'dsa']}, r'settings\.key_types: expected a list of .*"dsa"'),
+    ({'certificates__example.test__key_types': ['ecdsa', 'ecdsa']},
+     r'certificates\.example\.test\.key_types: expected a list of different key types'),
+    ({'settings__key_curve': 'secp521r1'},
+     r'settings\.key_curve: expected one of secp256r1, secp384r1, got "secp521r1"'),
+    ({'certificates': {'www.rsa': {'alt_names': {'example.test': ['www']},
+                                   'common_name': 'www.example.test'}}},
+     r'certificates\.www\.rsa: "www\.rsa" ends in a key type'),
+    ({'certificates': {'a' * 240: {'alt_names': {'example.test': ['www']},
+                                   'common_name': 'www.example.test', 'key_types': 'ecdsa'}}},
+     r'the name is too long for file names with the key type: at most 238 characters'),
     ({'certificates__example.test__renewal_days': -1},
      r'certificates\.example\.test\.renewal_days: expected a whole number from 0'),
     ({'settings__key_size': 1024}, r'settings\.key_size: expected a whole number from 2048'),
@@ -217,6 +230,30 @@ def test_inheritance_settings_key_certificate(acmebot_module, tmp_path):
     assert (a.dhparam_size, a.ecparam_curve) == (0, None)
     assert (b.dhparam_size, b.ecparam_curve) == (1024, 'secp384r1')
     assert b.dns_names == ('b.example.test', '*.example.test')
+
+
+def test_key_types_per_key_and_certificate(acmebot_module, tmp_path):
+    config = acmebot_module.parse_config({
+        'settings': {'file_group': 'root', 'key_types': ['ecdsa', 'rsa'],
+                     'key_curve': 'secp384r1'},
+        'certificates': {'single.example.test': {
+            'alt_names': {'example.test': ['single']}, 'key_types': 'rsa'}},
+        'private_keys': {'k': {'key_types': ['ecdsa'], 'key_curve': 'secp256r1',
+                               'certificates': {
+            'a': {'alt_names': {'example.test': ['a']}, 'common_name': 'a.example.test'},
+            'b': {'alt_names': {'example.test': ['b']}, 'common_name': 'b.example.test',
+                  'key_types': ['rsa', 'ecdsa']},
+        }}, 'plain': {'certificates': {
+            'c': {'alt_names': {'example.test': ['c']}, 'common_name': 'c.example.test'}}}},
+    }, str(tmp_path / 'a.json'))
+    keys = {key.name: (key.key_types, key.key_curve) for key in config.private_keys}
+    assert keys == {'single.example.test': (('rsa',), 'secp384r1'),
+                    'k': (('rsa', 'ecdsa'), 'secp256r1'),     # the types its certificates use
+                    'plain': (('rsa', 'ecdsa'), 'secp384r1')}
+    certs = {cert.name: cert.key_types for key in config.private_keys
+             for cert in key.certificates}
+    assert certs == {'single.example.test': ('rsa',), 'a': ('ecdsa',), 'b': ('rsa', 'ecdsa'),
+                     'c': ('rsa', 'ecdsa')}
 
 
 def test_renewal_days_and_profile_per_key_and_certificate(acmebot_module, tmp_path):

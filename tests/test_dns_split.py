@@ -11,9 +11,7 @@ import shutil
 import signal
 import time
 
-import pytest
 from cryptography.hazmat.primitives import serialization
-from servers import Pebble
 from sites import (
     assert_no_challenge_records,
     assert_ok,
@@ -169,16 +167,6 @@ def test_cname_delegated_challenge(site):
 
 
 # ---- master and slave ----------------------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def reuse_pebble(environment, tmp_path_factory):
-    """A Pebble that always reuses valid authorizations, as the split needs."""
-    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-reuse')), 'pebble-reuse',
-                    env={'PEBBLE_AUTHZREUSE': '100'})
-    pebble.start()
-    yield pebble
-    pebble.stop()
 
 
 def make_site(environment, root):

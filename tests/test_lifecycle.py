@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from servers import (
     APACHE_ADDRESS,
+    DAY,
     NGINX_ADDRESS,
     PORTS,
     fetch_headers,
@@ -35,7 +36,6 @@ from sites import (
 from sites import mode as file_mode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DAY = 86400
 
 
 def shared_key_site(site, services=None):

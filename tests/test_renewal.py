@@ -11,8 +11,7 @@ import json
 import os
 import re
 
-import pytest
-from servers import PEBBLE_2_4, Pebble
+from servers import DAY
 from sites import (
     acme_client,
     assert_ok,
@@ -22,31 +21,7 @@ from sites import (
     pem_certificates,
 )
 
-DAY = 86400
 RENEWAL_INFO = 'GET /draft-ietf-acme-ari-03/renewalInfo/'
-
-
-@pytest.fixture(scope='module')
-def profiles_pebble(environment, tmp_path_factory):
-    """Pebble 2.10 offering two profiles, as Let's Encrypt does."""
-    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-profiles')), 'pebble-profiles',
-                    profiles={'classic': 90 * DAY, 'shortlived': 6 * DAY})
-    pebble.start()
-    yield pebble
-    pebble.stop()
-
-
-@pytest.fixture(scope='module')
-def old_pebble(environment, tmp_path_factory):
-    """Debian 12's Pebble 2.4: neither renewal information nor profiles; 6-day
-    certificates."""
-    if not os.access(PEBBLE_2_4, os.X_OK):
-        raise RuntimeError(f'{PEBBLE_2_4} is missing: run tests/install-test-deps')
-    pebble = Pebble(str(tmp_path_factory.mktemp('pebble-2.4')), 'pebble-2.4',
-                    binary=PEBBLE_2_4, validity=6 * DAY)
-    pebble.start()
-    yield pebble
-    pebble.stop()
 
 
 def use(site, pebble):
