@@ -12,7 +12,8 @@ import subprocess
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from servers import (
     APACHE_ADDRESS,
     DAY,
@@ -104,18 +105,18 @@ def test_seed_server_snippets_work_in_nginx_and_apache(site):
     """nginx and Apache load the files through the seed's snippets and send the pins."""
     with open(os.path.join(site.root, 'root_cert.pem'), 'wb') as file:
         file.write(site.env.pebble.root_pem())
-    # OpenSSL 3 servers refuse DH parameters under 2048 bits. Generating them takes up to a
-    # minute, so the RFC 7919 group is put in place first: acmebot keeps existing parameters.
+    # The default DH parameters: the RFC 7919 group of 2048 bits, nothing generated (OpenSSL 3
+    # servers refuse parameters under 2048 bits).
     site.config['settings']['dhparam_size'] = 2048
     ffdhe2048 = subprocess.run(['openssl', 'genpkey', '-genparam', '-algorithm', 'DH',
                                 '-pkeyopt', 'group:ffdhe2048'], capture_output=True,
                                check=True).stdout
-    os.makedirs(site.dirs['dhparam'])
-    with open(site.path('dhparam', 'web.param'), 'wb') as file:
-        file.write(ffdhe2048)
     hosts = dns_certificate(site, name='web')
-    assert_ok(site.run())
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'Diffie-Hellman' not in result.stdout         # not generated
     assert ffdhe2048 in site.read('certificate', 'web.pem')
+    assert site.read('dhparam', 'web.param').startswith(ffdhe2048)
     primary = load_key(site.read('private_key', 'web.key'))
     backup = load_key(site.read('private_key', 'web_backup.key'))
     expected = (f'pin-sha256="{pins_of(primary)[0]}"; pin-sha256="{pins_of(backup)[0]}"; '
@@ -243,6 +244,26 @@ def test_revoke_then_next_run_rolls_over_and_reissues(site):
     new_leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
     assert spki(new_leaf) == spki(load_key(old_backup))
     assert site.env.pebble.certificate_status(new_leaf.serial_number)['Status'] == 'Valid'
+
+
+def test_changed_key_file_is_checked_in_full(site):
+    """Keys are loaded without the full RSA check on every run; a key file that no longer
+    matches its certificate (replaced by hand) gets the full check once."""
+    dns_certificate(site)
+    assert_ok(site.run())
+    numbers = load_key(site.read('private_key', 'site_backup.key')).private_numbers()
+    broken = rsa.RSAPrivateNumbers(numbers.p, numbers.q, numbers.d, numbers.dmp1, numbers.dmq1,
+                                   numbers.iqmp + 1, numbers.public_numbers)
+    pem = broken.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    with open(site.path('private_key', 'site.key'), 'wb') as file:
+        file.write(pem)
+    before = site.snapshot()
+    result = site.run()
+    assert result.returncode == 1
+    assert re.search(r'site: .*/site\.key is not a valid private key', result.stderr)
+    assert site.snapshot() == before
 
 
 def test_revoke_with_a_reason(site):

@@ -7,6 +7,8 @@ import datetime
 import hashlib
 import os
 import stat
+import subprocess
+import types
 
 import pytest
 from cryptography import x509
@@ -36,7 +38,8 @@ def certificate_config(m, names, common_name=None, profile=None):
         name='c', common_name=common_name or names[0],
         alt_names=tuple(m.HostName('example.test', n) for n in names), ip_addresses=(),
         services=(),
-        dhparam_size=0, ecparam_curve=None, tlsa_records=(), renewal_days=30, profile=profile,
+        dhparam_size=0, dhparam_generate=False, ecparam_curve=None, tlsa_records=(),
+        renewal_days=30, profile=profile,
         preferred_chain=())
 
 
@@ -467,3 +470,44 @@ def test_alternate_links(acmebot_module):
     assert m.alternate_links(response) == ['https://ca.example/cert/1/1',
                                            'https://ca.example/cert/1/2']
     assert m.alternate_links(m.requests.Response()) == []
+
+
+@pytest.mark.parametrize('bits', [2048, 3072, 4096, 6144, 8192])
+def test_named_dh_groups_are_openssls(acmebot_module, bits):
+    """The RFC 7919 groups acmebot computes are the ones OpenSSL knows by name."""
+    m = acmebot_module
+    pem = subprocess.run(['openssl', 'genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt',
+                          f'group:ffdhe{bits}'], capture_output=True, check=True).stdout
+    theirs = serialization.load_pem_parameters(pem).parameter_numbers()
+    ours = serialization.load_pem_parameters(m.named_dhparams(bits)).parameter_numbers()
+    assert (ours.p, ours.g) == (theirs.p, theirs.g)
+    assert m.named_dhparams(bits) == pem              # byte for byte
+    assert m.dhparams_of(m.named_dhparams(bits), bits) == m.named_dhparams(bits)
+
+
+def test_dh_parameters_named_kept_or_generated(acmebot_module, tmp_path, monkeypatch):
+    m = acmebot_module
+    generated = []
+    monkeypatch.setattr(m, 'generate_dhparams', lambda size: generated.append(size) or
+                        m.named_dhparams(2048))
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'directories': {
+        name: str(tmp_path / name) for name in ('dhparam', 'certificate')}, 'certificates': {
+        'named': {'alt_names': {'example.test': ['a']}, 'common_name': 'a.example.test'},
+        'private': {'alt_names': {'example.test': ['b']}, 'common_name': 'b.example.test',
+                    'dhparam_generate': True},
+        'small': {'alt_names': {'example.test': ['c']}, 'common_name': 'c.example.test',
+                  'dhparam_size': 1024}}}, str(tmp_path / 'acmebot.json'))
+    ctx = types.SimpleNamespace(config=config)
+    certs = {cert.name: cert for key in config.private_keys for cert in key.certificates}
+    assert m.certificate_params(ctx, certs['named'], False).startswith(m.named_dhparams(2048))
+    assert generated == []
+    m.certificate_params(ctx, certs['private'], False)
+    m.certificate_params(ctx, certs['small'], False)
+    assert generated == [2048, 1024]
+    (tmp_path / 'dhparam').mkdir()
+    (tmp_path / 'dhparam' / 'private.param').write_bytes(b'old\n' + m.named_dhparams(3072))
+    dataclass_3072 = dataclasses.replace(certs['private'], dhparam_size=3072)
+    assert m.certificate_params(ctx, dataclass_3072, False).startswith(m.named_dhparams(3072))
+    assert generated == [2048, 1024]                       # kept from the file
+    m.certificate_params(ctx, dataclass_3072, True)         # a rollover generates anew
+    assert generated == [2048, 1024, 3072]
