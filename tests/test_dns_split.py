@@ -11,6 +11,7 @@ import shutil
 import signal
 import time
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from sites import (
     assert_no_challenge_records,
@@ -129,6 +130,32 @@ def test_nsupdate_command_failure_is_reported(site):
     result = site.run()
     assert result.returncode == 1
     assert 'adding challenge records in zone example.test: /bin/false -k' in result.stderr
+
+
+@pytest.mark.parametrize('sender', ['dnspython', 'nsupdate'])
+def test_thousands_of_records_are_split_into_messages_that_fit(site, acmebot_module, sender):
+    """2,000 challenge records in one zone pass the 65,535-byte limit of one DNS message:
+    they go in several update messages over TCP, and come out the same way (real BIND)."""
+    m = acmebot_module
+    if sender == 'nsupdate':
+        site.config['settings']['nsupdate_command'] = 'nsupdate'
+    dns_certificate(site)
+    config = m.parse_config(site.config, site.write_config())
+    updater = m.dns_updater(config, 'example.test', m.DnsClient(['127.0.0.1']),
+                            m.CommandRunner())
+    records = {f'_acme-challenge.n{index}-{site.tag}.example.test': [f'{index:043d}']
+               for index in range(2000)}
+    changes = [m.RecordChange(True, name, 'TXT', tuple(values), 300)
+               for name, values in records.items()]
+    assert len(m.update_chunks(changes, m.UPDATE_MESSAGE_LIMIT)) > 1
+    updater.add_challenges(records)
+    try:
+        for name in list(records)[::97] + [list(records)[-1]]:
+            assert site.env.bind.query(name, 'TXT') == records[name], name
+    finally:
+        updater.remove_challenges(records)
+    for name in list(records)[::97] + [list(records)[-1]]:
+        assert site.env.bind.query(name, 'TXT') == [], name
 
 
 def test_tlsa_records_local_zone_reload_after_change_only(site):

@@ -511,3 +511,19 @@ def test_dh_parameters_named_kept_or_generated(acmebot_module, tmp_path, monkeyp
     assert generated == [2048, 1024]                       # kept from the file
     m.certificate_params(ctx, dataclass_3072, True)         # a rollover generates anew
     assert generated == [2048, 1024, 3072]
+
+
+def test_update_chunks(acmebot_module):
+    m = acmebot_module
+    changes = [m.RecordChange(True, f'_acme-challenge.h{i}.example.test', 'TXT', ('x' * 43,), 300)
+               for i in range(3000)]
+    chunks = m.update_chunks(changes, 60000)
+    assert [change for chunk in chunks for change in chunk] == changes      # all, in order
+    per_message = 60000 // m._change_size(changes[0])
+    assert len(chunks) == -(-3000 // per_message) > 1   # as full as they can be
+    assert all(sum(map(m._change_size, chunk)) <= 60000 for chunk in chunks)
+    tlsa = [m.RecordChange(False, '_443._tcp.w.example.test', 'TLSA'),
+            m.RecordChange(True, '_443._tcp.w.example.test', 'TLSA', ('3 1 1 ' + 'a' * 64,), 300)]
+    split = m.update_chunks(changes[:1] + tlsa, m._change_size(changes[0]) + 10)
+    assert split == [changes[:1], tlsa]             # a record set is replaced in one message
+    assert m.update_chunks([], 60000) == []
