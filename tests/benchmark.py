@@ -1,0 +1,364 @@
+"""Benchmark: acmebot beside Certbot and lego on the same work, against the tests' own Pebble,
+BIND and web server, inside a private network namespace (nothing can leave the machine).
+
+    .venv/bin/python tests/benchmark.py [--peers] [--install-peers] [--repeat N] [--large N]
+
+Prints a table: the work, each tool's median wall time and peak memory (the largest resident
+set of any one process of a run), and acmebot's ratio to the best peer. --install-peers first
+installs Certbot with its RFC 2136 plugin (PyPI, into .test-tools/certbot) and lego (Debian);
+--peers runs them. Every tool uses RSA 2048 keys; acmebot otherwise runs with its defaults.
+Not part of the test suite: it measures, it asserts nothing. Run as root."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from servers import HTTP_ADDRESS, start_environment
+from sites import ACMEBOT, Site
+
+CERTBOT_VENV = os.path.join(ROOT, '.test-tools', 'certbot')
+CERTBOT = os.path.join(CERTBOT_VENV, 'bin', 'certbot')
+NAMESPACE_FLAG = 'ACMEBOT_BENCHMARK_NAMESPACE'
+
+
+@dataclass
+class Measure:
+    seconds: list[float] = field(default_factory=list)
+    peak_kib: int = 0
+
+    def add(self, seconds: float, peak_kib: int) -> None:
+        self.seconds.append(seconds)
+        self.peak_kib = max(self.peak_kib, peak_kib)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None
+          ) -> tuple[float, int]:
+    """Run argv; return its wall time and its peak resident set in KiB (that of the process
+    and of the processes it waited for)."""
+    with tempfile.TemporaryFile() as output:
+        start = time.monotonic()
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=output,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            output.seek(0)
+            raise RuntimeError(f'{argv[0]} failed ({process.returncode}):\n'
+                               f'{output.read().decode(errors="replace")[-3000:]}')
+    return seconds, usage.ru_maxrss
+
+
+# ---- the tools -----------------------------------------------------------------------
+
+
+class Acmebot:
+    name = 'acmebot'
+
+    def __init__(self, env, root: str) -> None:
+        self.env = env
+        self.root = root
+        self.runs = 0
+
+    def site(self, certificates: int, challenge: str = 'dns') -> Site:
+        self.runs += 1
+        site = Site(self.env, os.path.join(self.root, f'acmebot-{self.runs}'))
+        site.config['settings'] = {key: value for key, value in site.config['settings'].items()
+                                   if key in ('acme_directory_url', 'acme_ca_bundle',
+                                              'dns_resolvers', 'file_user', 'file_group')}
+        site.config['settings']['key_size'] = 2048
+        if challenge == 'dns':
+            site.config['zone_update_keys'] = {'example.test': site.update_key()}
+        site.config['certificates'] = {}
+        for index in range(certificates):
+            hosts = [site.host(f'a{index}'), site.host(f'b{index}')]
+            site.config['certificates'][f'c{index}'] = {
+                'common_name': hosts[0],
+                'alt_names': {'example.test': [host.split('.')[0] for host in hosts]}}
+            if challenge == 'http':
+                site.config.setdefault('http_challenges', {}).update(
+                    {host: self.env.http.challenge_dir for host in hosts})
+        site.write_config()
+        return site
+
+    def command(self, site: Site, *args: str) -> list[str]:
+        return [sys.executable, ACMEBOT, '--config', site.config_path, *args]
+
+
+class Certbot:
+    name = 'certbot'
+
+    def __init__(self, env, root: str) -> None:
+        self.env = env
+        self.root = root
+        self.runs = 0
+        key = env.bind.keys['hmac-sha256']
+        self.credentials = os.path.join(root, 'rfc2136.ini')
+        with open(self.credentials, 'w') as file:
+            file.write(f'dns_rfc2136_server = 127.0.0.1\ndns_rfc2136_port = 53\n'
+                       f'dns_rfc2136_name = {key.name}\ndns_rfc2136_secret = {key.secret}\n'
+                       f'dns_rfc2136_algorithm = HMAC-SHA256\n')
+        os.chmod(self.credentials, 0o600)
+        self.environ = {**os.environ, 'REQUESTS_CA_BUNDLE': env.pebble.ca_file}
+
+    def directories(self) -> list[str]:
+        self.runs += 1
+        base = os.path.join(self.root, f'certbot-{self.runs}')
+        return ['--config-dir', base, '--work-dir', base + '/work', '--logs-dir',
+                base + '/logs']
+
+    def issue(self, dirs: list[str], hosts: Sequence[str], challenge: str,
+              propagation: int | None) -> list[str]:
+        argv = [CERTBOT, 'certonly', '--non-interactive', '--agree-tos', '--email',
+                'admin@example.test', '--server', self.env.pebble.url, '--key-type', 'rsa',
+                '--rsa-key-size', '2048', *dirs]
+        if challenge == 'dns':
+            argv += ['--dns-rfc2136', '--dns-rfc2136-credentials', self.credentials]
+            if propagation is not None:
+                argv += ['--dns-rfc2136-propagation-seconds', str(propagation)]
+        else:
+            argv += ['--webroot', '-w', self.env.http.webroot]
+        for host in hosts:
+            argv += ['-d', host]
+        return argv
+
+
+class Lego:
+    name = 'lego'
+
+    def __init__(self, env, root: str) -> None:
+        self.env = env
+        self.root = root
+        self.runs = 0
+        key = env.bind.keys['hmac-sha256']
+        self.environ = {**os.environ, 'LEGO_CA_CERTIFICATES': env.pebble.ca_file,
+                        'RFC2136_NAMESERVER': '127.0.0.1:53',
+                        'RFC2136_TSIG_KEY': key.name, 'RFC2136_TSIG_SECRET': key.secret,
+                        'RFC2136_TSIG_ALGORITHM': 'hmac-sha256.'}
+
+    def issue(self, hosts: Sequence[str], challenge: str, tuned: bool) -> list[str]:
+        self.runs += 1
+        argv = ['lego', '--accept-tos', '--email', 'admin@example.test', '--server',
+                self.env.pebble.url, '--path', os.path.join(self.root, f'lego-{self.runs}'),
+                '--key-type', 'rsa2048']
+        if challenge == 'dns':
+            argv += ['--dns', 'rfc2136', '--dns.resolvers', '127.0.0.1:53']
+            if tuned:
+                argv += ['--dns.propagation-wait', '1s']
+        else:
+            argv += ['--http', '--http.webroot', self.env.http.webroot]
+        for host in hosts:
+            argv += ['--domains', host]
+        return argv + ['run']
+
+
+# ---- the work ------------------------------------------------------------------------
+
+
+def hosts_of(site_tag: str, index: int) -> list[str]:
+    return [f'p{index}-{site_tag}.example.test', f'q{index}-{site_tag}.example.test']
+
+
+class Benchmark:
+    def __init__(self, env, root: str, peers: bool, repeat: int) -> None:
+        self.env = env
+        self.root = root
+        self.repeat = repeat
+        self.acmebot = Acmebot(env, root)
+        self.certbot = Certbot(env, root) if peers else None
+        self.lego = Lego(env, root) if peers else None
+        self.rows: list[tuple[str, dict[str, Measure]]] = []
+        self.tag = 0
+
+    def fresh_hosts(self, count: int) -> list[list[str]]:
+        self.tag += 1
+        return [hosts_of(f'{self.tag}x', index) for index in range(count)]
+
+    def measure(self, work: str, tools: dict[str, Callable[[], tuple[float, int]]]) -> None:
+        results = {name: Measure() for name in tools}
+        for _ in range(self.repeat):
+            for name, run in tools.items():
+                results[name].add(*run())
+        self.rows.append((work, results))
+        print(f'  {work}: ' + ', '.join(f'{name} {m.median:.2f} s' for name, m in
+                                          results.items()), flush=True)
+
+    # acmebot
+
+    def acmebot_issue(self, certificates: int, challenge: str = 'dns'):
+        def run() -> tuple[float, int]:
+            site = self.acmebot.site(certificates, challenge)
+            return timed(self.acmebot.command(site), cwd=site.root)
+        return run
+
+    def acmebot_noop(self, certificates: int):
+        site = self.acmebot.site(certificates)
+        timed(self.acmebot.command(site), cwd=site.root)
+        return lambda: timed(self.acmebot.command(site), cwd=site.root)
+
+    # peers
+
+    def certbot_issue(self, certificates: int, challenge: str = 'dns',
+                      propagation: int | None = 1):
+        def run() -> tuple[float, int]:
+            assert self.certbot is not None
+            total, peak = 0.0, 0
+            dirs = self.certbot.directories()
+            for hosts in self.fresh_hosts(certificates):
+                seconds, kib = timed(self.certbot.issue(dirs, hosts, challenge, propagation),
+                                     env=self.certbot.environ)
+                total, peak = total + seconds, max(peak, kib)
+            return total, peak
+        return run
+
+    def certbot_noop(self, certificates: int):
+        assert self.certbot is not None
+        dirs = self.certbot.directories()
+        for hosts in self.fresh_hosts(certificates):
+            timed(self.certbot.issue(dirs, hosts, 'dns', 1), env=self.certbot.environ)
+        return lambda: timed([CERTBOT, 'renew', *dirs], env=self.certbot.environ)
+
+    def lego_issue(self, certificates: int, challenge: str = 'dns', tuned: bool = True):
+        def run() -> tuple[float, int]:
+            assert self.lego is not None
+            total, peak = 0.0, 0
+            for hosts in self.fresh_hosts(certificates):
+                seconds, kib = timed(self.lego.issue(hosts, challenge, tuned),
+                                     env=self.lego.environ)
+                total, peak = total + seconds, max(peak, kib)
+            return total, peak
+        return run
+
+    def run(self, large: int) -> None:
+        peers = self.certbot is not None
+        version = {'acmebot': lambda: timed([sys.executable, ACMEBOT, '--version'])}
+        if peers:
+            version['certbot'] = lambda: timed([CERTBOT, '--version'])
+            version['lego'] = lambda: timed(['lego', '--version'])
+        self.measure('start-up (--version)', version)
+        for count in (1, 10):
+            tools = {'acmebot': self.acmebot_issue(count)}
+            if peers:
+                tools['certbot'] = self.certbot_issue(count)
+                tools['lego'] = self.lego_issue(count)
+            self.measure(f'{count} certificate(s) x 2 names, DNS-01, peers tuned', tools)
+        if peers:
+            self.measure('1 certificate x 2 names, DNS-01, peers at their default waits', {
+                'acmebot': self.acmebot_issue(1),
+                'certbot': self.certbot_issue(1, propagation=None),
+                'lego': self.lego_issue(1, tuned=False)})
+        tools = {'acmebot': self.acmebot_issue(1, 'http')}
+        if peers:
+            tools['certbot'] = self.certbot_issue(1, 'http')
+            tools['lego'] = self.lego_issue(1, 'http')
+        self.measure('1 certificate x 2 names, HTTP-01', tools)
+        for count in (10, 100):
+            tools = {'acmebot': self.acmebot_noop(count)}
+            if peers:
+                tools['certbot'] = self.certbot_noop(count)
+            self.measure(f'no-op run over {count} certificates', tools)
+        if large:
+            self.measure(f'{large} certificates x 2 names, DNS-01, one run',
+                         {'acmebot': self.acmebot_issue(large)})
+
+    def table(self) -> str:
+        peers = ['certbot', 'lego'] if self.certbot is not None else []
+        lines = ['| work | ' + ' | '.join(['acmebot', *peers]) + ' | acmebot / best peer |',
+                 '| --- | ' + ' | '.join('---' for _ in ['acmebot', *peers]) + ' | --- |']
+        for work, results in self.rows:
+            cells = []
+            for name in ['acmebot', *peers]:
+                m = results.get(name)
+                cells.append(f'{m.median:.2f} s, {m.peak_kib / 1024:.0f} MiB' if m else '-')
+            best = min((results[name].median for name in peers if name in results),
+                       default=None)
+            ratio = f'{results["acmebot"].median / best:.2f}' if best else '-'
+            lines.append(f'| {work} | ' + ' | '.join(cells) + f' | {ratio} |')
+        return '\n'.join(lines)
+
+
+# ---- setting up ----------------------------------------------------------------------
+
+
+def install_peers() -> None:
+    """Certbot and its RFC 2136 plugin from PyPI into their own virtual environment, lego
+    from Debian. Outside the private network namespace: it downloads."""
+    if not os.path.exists(CERTBOT):
+        subprocess.run([sys.executable, '-m', 'venv', CERTBOT_VENV], check=True)
+        subprocess.run([os.path.join(CERTBOT_VENV, 'bin', 'python'), '-m', 'pip', 'install',
+                        '-q', 'certbot', 'certbot-dns-rfc2136'], check=True)
+    if not shutil.which('lego'):
+        subprocess.run(['apt-get', 'install', '-y', '-q', 'lego'], check=True,
+                       env={**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'})
+
+
+def in_private_namespace(argv: Sequence[str]) -> None:
+    """Run this script again in a network namespace that has only its own loopback."""
+    os.execvpe('unshare', ['unshare', '-n', 'sh', '-c',
+                           'ip link set lo up && exec "$@"', 'sh', sys.executable, *argv],
+               {**os.environ, NAMESPACE_FLAG: '1'})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--peers', action='store_true', help='run Certbot and lego too')
+    parser.add_argument('--install-peers', action='store_true',
+                        help='install Certbot (PyPI) and lego (Debian) first; implies --peers')
+    parser.add_argument('--repeat', type=int, default=1, help='runs per measurement')
+    parser.add_argument('--large', type=int, default=1000,
+                        help='certificates in the acmebot-only run (0: skip)')
+    parser.add_argument('--json', help='also write the figures to this file')
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit('run the benchmark as root (BIND and the web server bind ports 53 and 80)')
+    if not os.environ.get(NAMESPACE_FLAG):
+        if args.install_peers:
+            install_peers()
+        argv = [os.path.abspath(__file__), *sys.argv[1:]]
+        argv = [item for item in argv if item != '--install-peers']
+        if args.install_peers:
+            argv.append('--peers')
+        in_private_namespace(argv)
+    root = tempfile.mkdtemp(prefix='acmebot-benchmark-')
+    environment = start_environment(os.path.join(root, 'environment'))
+    env = next(environment)
+    try:
+        print(f'benchmark in {root} ({os.cpu_count()} cores), web server {HTTP_ADDRESS}',
+              flush=True)
+        benchmark = Benchmark(env, root, args.peers, args.repeat)
+        benchmark.run(args.large)
+        print()
+        print(benchmark.table())
+        if args.json:
+            with open(args.json, 'w') as file:
+                json.dump({work: {name: {'seconds': m.seconds, 'peak_kib': m.peak_kib}
+                                  for name, m in results.items()}
+                           for work, results in benchmark.rows}, file, indent=2)
+    finally:
+        try:
+            next(environment)
+        except StopIteration:
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
