@@ -243,7 +243,7 @@ class Pebble:
     name: str = 'pebble'          # its ports in PORTS: name and name-management
     eab_required: bool = False
     env: dict[str, str] = field(default_factory=dict)
-    # Pebble 2.6 panics on two-label names (example.test) while a blocklist is set, so only
+    # Pebble (seen with 2.6) panics on two-label names (example.test) while a blocklist is set, so only
     # the tests' Pebble, which never orders such names, blocks one.
     blocklist: tuple[str, ...] = ()
     profiles: dict[str, int] = field(default_factory=dict)   # name: validity in seconds

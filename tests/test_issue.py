@@ -426,7 +426,7 @@ def issued_then_due(site, **cert):
 
 
 def add_fresh_name(site):
-    """Add a name never authorized before. Pebble 2.6 reuses a valid authorization about
+    """Add a name never authorized before. Pebble (seen with 2.6) reuses a valid authorization about
     1% of the time even with PEBBLE_AUTHZREUSE=0 (seen in CI), so a test that needs a
     challenge on a later run must not rely on the earlier names getting one."""
     fresh = site.host('fresh')
