@@ -527,3 +527,23 @@ def test_update_chunks(acmebot_module):
     split = m.update_chunks(changes[:1] + tlsa, m._change_size(changes[0]) + 10)
     assert split == [changes[:1], tlsa]             # a record set is replaced in one message
     assert m.update_chunks([], 60000) == []
+
+
+def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
+    m = acmebot_module
+    pool = m.KeyPool([2048, 2048, 3072])
+    keys = [pool.take(2048), pool.take(2048), pool.take(3072)]
+    assert [key.key_size for key in keys] == [2048, 2048, 3072]
+    assert len({key.private_numbers().p for key in keys}) == 3
+    assert pool.take(2048) is None and pool.take(4096) is None      # then made on demand
+    directories = m.parse_config({'settings': {'file_group': 'root'}, 'directories': {
+        'private_key': str(tmp_path)}, 'certificates': {
+        name: {'alt_names': {'example.test': [name]}, 'common_name': f'{name}.example.test',
+               'key_size': 3072} for name in ('new', 'half', 'whole')}},
+        str(tmp_path / 'acmebot.json'))
+    (tmp_path / 'half.key').write_text('x')
+    (tmp_path / 'whole.key').write_text('x')
+    (tmp_path / 'whole_backup.key').write_text('x')
+    keys_config = directories.private_keys
+    assert m.rsa_keys_to_generate(directories.directories, keys_config, False) == [3072] * 3
+    assert m.rsa_keys_to_generate(directories.directories, keys_config, True) == [3072] * 4
