@@ -148,3 +148,19 @@ def test_tlsa_records_cover_every_type(site):
             for kind in ('rsa', 'ecdsa') for name in ('site', 'site_backup')]
     expected = sorted(f'3 1 1 {hashlib.sha256(spki(key)).hexdigest()}' for key in keys)
     assert sorted(site.env.bind.query(f'_443._tcp.{hosts[0]}', 'TLSA')) == expected
+
+
+def test_back_to_rsa_alone_moves_the_rsa_files_to_the_seed_names(site):
+    dns_certificate(site, key_types=['rsa', 'ecdsa'])
+    assert_ok(site.run())
+    typed = {name: site.read('private_key', f'{name}.rsa.key') for name in ('site', 'site_backup')}
+    certificate = site.read('certificate', 'site.rsa.pem')
+    site.config['certificates']['site']['key_types'] = ['rsa']
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'is due' not in result.stdout and 'issued certificate' not in result.stdout
+    for name, content in typed.items():
+        assert site.read('private_key', f'{name}.key') == content
+    assert site.read('certificate', 'site.pem') == certificate
+    assert not any('.rsa.' in path or '.ecdsa.' in path for path in site.output_files()
+                   if not path.startswith('archive/'))
