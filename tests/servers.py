@@ -305,10 +305,16 @@ class Pebble:
     def root_pem(self) -> bytes:
         return self.get(f'https://127.0.0.1:{self.management_port}/roots/0')
 
-    def requests_seen(self, path: str) -> int:
-        """How many requests for path (a prefix) Pebble has logged so far."""
+    def requests_seen(self, request: str) -> int:
+        """How many requests starting with request ('GET /dir') Pebble has logged so far."""
+        return sum(1 for seen in self.requests() if seen.startswith(request))
+
+    def requests(self) -> list[str]:
+        """The requests Pebble has logged so far, in their order, as method and handler path
+        ('POST /finalize-order/': Pebble logs the handler's path, not the order's)."""
         with open(os.path.join(self.directory, 'pebble.log')) as file:
-            return sum(1 for line in file if f' {path}' in line and '-> calling handler' in line)
+            return [' '.join(line.split(' -> calling handler')[0].split()[-2:])
+                    for line in file if '-> calling handler' in line]
 
     def certificate_status(self, serial: int) -> dict:
         return json.loads(self.get(

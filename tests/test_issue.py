@@ -167,6 +167,30 @@ def test_batch_one_update_per_zone_for_the_whole_run(site):
     assert_no_challenge_records(site, a + b)
 
 
+def test_orders_are_finalized_together_and_each_certificate_matches_its_key(site):
+    """Five keys in one run: every order is finalized before any certificate is downloaded
+    (the CA issues them side by side, worker threads with their own ACME clients), and each
+    certificate lands with its own key, logged in the configuration's order."""
+    names = [f'f{index}' for index in range(5)]
+    for name in names:
+        dns_certificate(site, name=name, labels=(name,))
+    before = len(site.env.pebble.requests())
+    result = site.run()
+    assert_ok(result)
+    requests = site.env.pebble.requests()[before:]
+    finalized = [index for index, seen in enumerate(requests) if seen == 'POST /finalize-order/']
+    downloads = [index for index, seen in enumerate(requests) if seen == 'POST /certZ/']
+    # at least: Pebble rejects a few good nonces, and a rejected request is sent again
+    assert len(finalized) >= 5 and len(downloads) >= 5, requests
+    assert max(finalized) < min(downloads), requests
+    assert [line.split(' (')[0] for line in result.stdout.splitlines()
+            if line.startswith('issued')] == [f'issued certificate {name}' for name in names]
+    for name in names:
+        certificate = pem_certificates(site.read('certificate', f'{name}.pem'))[0]
+        assert spki(certificate) == spki(load_key(site.read('private_key', f'{name}.key')))
+        assert san(certificate) == {site.host(name)}
+
+
 def test_wildcard_and_base_name_via_dns01(site):
     base = site.host('wild')
     site.config['zone_update_keys'] = {'example.test': site.update_key()}
