@@ -2,6 +2,7 @@
 BIND and web server, inside a private network namespace (nothing can leave the machine).
 
     .venv/bin/python tests/benchmark.py [--peers] [--install-peers] [--repeat N] [--large N]
+                                        [--only TEXT]
 
 Prints a table: the work, each tool's median wall time and peak memory (the largest resident
 set of any one process of a run), and acmebot's ratio to the best peer. --install-peers first
@@ -182,10 +183,12 @@ def hosts_of(site_tag: str, index: int) -> list[str]:
 
 
 class Benchmark:
-    def __init__(self, env, root: str, peers: bool, repeat: int) -> None:
+    def __init__(self, env, root: str, peers: bool, repeat: int, only: Sequence[str] = ()
+                 ) -> None:
         self.env = env
         self.root = root
         self.repeat = repeat
+        self.only = only
         self.acmebot = Acmebot(env, root)
         self.certbot = Certbot(env, root) if peers else None
         self.lego = Lego(env, root) if peers else None
@@ -251,37 +254,48 @@ class Benchmark:
             return total, peak
         return run
 
+    def selected(self, work: str) -> bool:
+        return not self.only or any(text.lower() in work.lower() for text in self.only)
+
     def run(self, large: int) -> None:
         peers = self.certbot is not None
-        version = {'acmebot': lambda: timed([sys.executable, ACMEBOT, '--version'])}
-        if peers:
-            version['certbot'] = lambda: timed([CERTBOT, '--version'])
-            version['lego'] = lambda: timed(['lego', '--version'])
-        self.measure('start-up (--version)', version)
+        work = 'start-up (--version)'
+        if self.selected(work):
+            version = {'acmebot': lambda: timed([sys.executable, ACMEBOT, '--version'])}
+            if peers:
+                version['certbot'] = lambda: timed([CERTBOT, '--version'])
+                version['lego'] = lambda: timed(['lego', '--version'])
+            self.measure(work, version)
         for count in (1, 10):
-            tools = {'acmebot': self.acmebot_issue(count)}
+            work = f'{count} certificate(s) x 2 names, DNS-01, peers tuned'
+            if self.selected(work):
+                tools = {'acmebot': self.acmebot_issue(count)}
+                if peers:
+                    tools['certbot'] = self.certbot_issue(count)
+                    tools['lego'] = self.lego_issue(count)
+                self.measure(work, tools)
+        work = '1 certificate x 2 names, DNS-01, peers at their default waits'
+        if peers and self.selected(work):
+            self.measure(work, {'acmebot': self.acmebot_issue(1),
+                                'certbot': self.certbot_issue(1, propagation=None),
+                                'lego': self.lego_issue(1, tuned=False)})
+        work = '1 certificate x 2 names, HTTP-01'
+        if self.selected(work):
+            tools = {'acmebot': self.acmebot_issue(1, 'http')}
             if peers:
-                tools['certbot'] = self.certbot_issue(count)
-                tools['lego'] = self.lego_issue(count)
-            self.measure(f'{count} certificate(s) x 2 names, DNS-01, peers tuned', tools)
-        if peers:
-            self.measure('1 certificate x 2 names, DNS-01, peers at their default waits', {
-                'acmebot': self.acmebot_issue(1),
-                'certbot': self.certbot_issue(1, propagation=None),
-                'lego': self.lego_issue(1, tuned=False)})
-        tools = {'acmebot': self.acmebot_issue(1, 'http')}
-        if peers:
-            tools['certbot'] = self.certbot_issue(1, 'http')
-            tools['lego'] = self.lego_issue(1, 'http')
-        self.measure('1 certificate x 2 names, HTTP-01', tools)
+                tools['certbot'] = self.certbot_issue(1, 'http')
+                tools['lego'] = self.lego_issue(1, 'http')
+            self.measure(work, tools)
         for count in (10, 100):
-            tools = {'acmebot': self.acmebot_noop(count)}
-            if peers:
-                tools['certbot'] = self.certbot_noop(count)
-            self.measure(f'no-op run over {count} certificates', tools)
-        if large:
-            self.measure(f'{large} certificates x 2 names, DNS-01, one run',
-                         {'acmebot': self.acmebot_issue(large)})
+            work = f'no-op run over {count} certificates'
+            if self.selected(work):
+                tools = {'acmebot': self.acmebot_noop(count)}
+                if peers:
+                    tools['certbot'] = self.certbot_noop(count)
+                self.measure(work, tools)
+        work = f'{large} certificates x 2 names, DNS-01, one run'
+        if large and self.selected(work):
+            self.measure(work, {'acmebot': self.acmebot_issue(large)})
 
     def table(self) -> str:
         peers = ['certbot', 'lego'] if self.certbot is not None else []
@@ -337,6 +351,9 @@ def main() -> None:
     parser.add_argument('--large', type=int, default=1000,
                         help='certificates in the acmebot-only run (0: skip)')
     parser.add_argument('--json', help='also write the figures to this file')
+    parser.add_argument('--only', action='append', default=[], metavar='TEXT',
+                        help='measure only the work whose description contains TEXT '
+                             '(repeatable): --only no-op --only start-up')
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit('run the benchmark as root (BIND and the web server bind ports 53 and 80)')
@@ -359,7 +376,7 @@ def main() -> None:
     try:
         print(f'benchmark in {root} ({os.cpu_count()} cores), web server {HTTP_ADDRESS}',
               flush=True)
-        benchmark = Benchmark(env, root, args.peers, args.repeat)
+        benchmark = Benchmark(env, root, args.peers, args.repeat, args.only)
         benchmark.run(args.large)
         print()
         print(benchmark.table())
