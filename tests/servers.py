@@ -56,6 +56,7 @@ PORTS = {
     'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
     'pebble-chains': 14006, 'pebble-chains-management': 15006,   # alternate chains
     'nginx': 8443, 'apache': 8444,
+    'node-exporter': 9100,                      # Prometheus node exporter, textfile only
 }
 ZONES = ('example.test', 'local.test', 'other.test')
 TSIG_ALGORITHMS = ('hmac-md5', 'hmac-sha1', 'hmac-sha224', 'hmac-sha256', 'hmac-sha384',
@@ -476,6 +477,41 @@ http {{
     assert check.returncode == 0, check.stderr
     return subprocess.Popen(['nginx', '-c', conf], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+class NodeExporter:
+    """Debian's prometheus-node-exporter on loopback with only its textfile collector,
+    reading the *.prom files of directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.url = f'http://127.0.0.1:{PORTS["node-exporter"]}/metrics'
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        self.process = subprocess.Popen(
+            ['prometheus-node-exporter', f'--web.listen-address=127.0.0.1:{PORTS["node-exporter"]}',
+             '--collector.disable-defaults', '--collector.textfile',
+             f'--collector.textfile.directory={self.directory}'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.scrape() is not None, 'prometheus-node-exporter')
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=5) as response:
+            return response.read().decode()
+
+    def samples(self, prefix: str) -> dict[str, float]:
+        """The samples whose metric name starts with prefix: 'name{labels}' to value."""
+        found = {}
+        for line in self.scrape().splitlines():
+            if line.startswith(prefix):
+                series, value = line.rsplit(' ', 1)
+                found[series] = float(value)
+        return found
+
+    def stop(self) -> None:
+        stop_process(self.process)
 
 
 def run_apache(site, name, directory):

@@ -137,13 +137,16 @@ class Site:
         return found
 
     def snapshot(self) -> dict[str, bytes]:
-        """Every file below the site's output directories, by relative path."""
+        """Every file below the site's output directories, by relative path, but the run
+        record (resource/status.json), which every run writes, a failed one too."""
         files = {}
         for directory in ('private_key', 'certificate', 'dhparam', 'archive', 'resource',
                           'hpkp'):
             for base, _, names in os.walk(self.dirs[directory]):
                 for name in names:
                     path = os.path.join(base, name)
+                    if path == self.path('resource', 'status.json'):
+                        continue
                     with open(path, 'rb') as file:
                         files[os.path.relpath(path, self.root)] = file.read()
         return files
