@@ -267,7 +267,7 @@ class Benchmark:
                 version['lego'] = lambda: timed(['lego', '--version'])
             self.measure(work, version)
         for count in (1, 10):
-            work = f'{count} certificate(s) x 2 names, DNS-01, peers tuned'
+            work = f'{count} certificate{"s" if count > 1 else ""} x 2 names, DNS-01, peers tuned'
             if self.selected(work):
                 tools = {'acmebot': self.acmebot_issue(count)}
                 if peers:

@@ -317,7 +317,8 @@ def test_example_config_mentions_every_setting(acmebot_module):
         data = json.load(file)
     assert set(data) == {'account', 'settings', 'directories', 'services', 'certificates',
                          'private_keys', 'authorizations', 'http_challenges',
-                         'zone_update_keys'}
+                         'zone_update_keys', 'hooks'}
+    assert set(data['hooks']) <= set(m.HOOK_EVENTS)
     assert set(data['settings']) == set(m.DEFAULT_SETTINGS)
     assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
     assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}
