@@ -8,9 +8,10 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 
 from servers import NodeExporter
-from sites import assert_ok, dns_certificate, http_certificate, later, mode, pem_certificates
+from sites import HERE, assert_ok, dns_certificate, http_certificate, later, mode, pem_certificates
 
 UTC = datetime.timezone.utc
 
@@ -202,3 +203,41 @@ def test_metrics_file_must_end_in_prom(site):
     assert result.returncode == 2
     assert 'settings.metrics_file' in result.stderr and '.prom' in result.stderr
     assert site.snapshot() == {}
+
+
+def readme_block(path: str) -> str:
+    """The indented block that follows the README line naming path."""
+    with open(os.path.join(os.path.dirname(HERE), 'README.md')) as file:
+        text = file.read()
+    after = text.split(f'{path}:\n\n', 1)[1]
+    lines = []
+    for line in after.splitlines():
+        if line and not line.startswith('    '):
+            break
+        lines.append(line[4:])
+    return '\n'.join(lines).strip() + '\n'
+
+
+def test_readme_systemd_units_verify(tmp_path):
+    """The README's service and timer pass systemd-analyze verify (with ExecStart pointing
+    at this checkout's acmebot, the README's path being absent here); a broken copy fails,
+    so the check is real."""
+    service = readme_block('/etc/systemd/system/acmebot.service')
+    timer = readme_block('/etc/systemd/system/acmebot.timer')
+    assert 'Type=oneshot' in service and 'ExecStart=/usr/local/sbin/acmebot' in service
+    assert {'OnCalendar=daily', 'Persistent=true'} <= set(timer.splitlines())
+    assert any(line.startswith('RandomizedDelaySec=') for line in timer.splitlines())
+    acmebot = os.path.join(os.path.dirname(HERE), 'acmebot')
+    (tmp_path / 'acmebot.service').write_text(
+        service.replace('/usr/local/sbin/acmebot', acmebot))
+    (tmp_path / 'acmebot.timer').write_text(timer)
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(['systemd-analyze', 'verify', '--man=no',
+                               str(tmp_path / 'acmebot.service'), str(tmp_path / 'acmebot.timer')],
+                              capture_output=True, text=True, check=False)
+
+    result = verify()
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    (tmp_path / 'acmebot.timer').write_text(timer.replace('OnCalendar=daily', 'OnCalendar=dayly'))
+    assert verify().returncode != 0
