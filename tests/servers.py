@@ -479,6 +479,50 @@ http {{
                             stderr=subprocess.DEVNULL)
 
 
+SMTP_ADDRESS = '127.53.0.82'                 # Exim, submission port 587 (STARTTLS)
+
+
+class Exim:
+    """Debian's Exim (exim4-daemon-light) in the foreground on SMTP_ADDRESS:587, offering
+    STARTTLS with the given certificate and key files and accepting no mail."""
+
+    def __init__(self, directory: str, certificate: str, key: str) -> None:
+        self.directory = directory
+        self.certificate = certificate
+        self.key = key
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        require_loopback(SMTP_ADDRESS)
+        for name in ('spool', 'log'):
+            os.makedirs(os.path.join(self.directory, name), exist_ok=True)
+        conf = os.path.join(self.directory, 'exim.conf')
+        with open(conf, 'w') as file:     # as root: the test directories are private
+            file.write(f'''exim_user = root
+exim_group = root
+primary_hostname = mail.test
+daemon_smtp_ports = 587
+local_interfaces = {SMTP_ADDRESS}
+tls_advertise_hosts = *
+tls_certificate = {self.certificate}
+tls_privatekey = {self.key}
+spool_directory = {self.directory}/spool
+log_file_path = {self.directory}/log/%slog
+pid_file_path = {self.directory}/exim.pid
+acl_smtp_rcpt = refuse_all
+begin acl
+refuse_all:
+  deny
+''')
+        self.process = subprocess.Popen(['exim4', '-C', conf, '-bdf', '-oX', '587'],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: socket.create_connection((SMTP_ADDRESS, 587), timeout=1).close()
+                   or True, 'exim4')
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 class NodeExporter:
     """Debian's prometheus-node-exporter on loopback with only its textfile collector,
     reading the *.prom files of directory."""

@@ -326,7 +326,7 @@ def test_example_config_mentions_every_setting(acmebot_module):
     assert set(cert) == {'common_name', 'alt_names', 'services', 'dhparam_size',
                          'ecparam_curve', 'key_size', 'expiration_days', 'hpkp_days',
                          'pin_subdomains', 'tlsa_records', 'renewal_days', 'profile',
-                         'preferred_chain', 'key_types', 'key_curve'}
+                         'preferred_chain', 'key_types', 'key_curve', 'verify'}
     key = data['private_keys']['<example.com>']
     assert set(key) == {'certificates', 'key_size', 'expiration_days', 'hpkp_days',
                         'pin_subdomains', 'renewal_days', 'key_types', 'key_curve'}
