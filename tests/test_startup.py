@@ -3,7 +3,9 @@ of the ACME and HTTP libraries (README: Performance)."""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -38,3 +40,39 @@ def test_run_with_nothing_for_the_ca_imports_no_acme_library(site):
     loaded = imported(result.stderr)
     assert 'cryptography' in loaded            # the keys and certificates were read
     assert not loaded & set(LIBRARIES), loaded
+
+
+def test_unchanged_keys_are_not_read_again(site):
+    """A run after one that found a private key needing nothing skips it while nothing it
+    depends on changed (its fingerprint: configuration, files, records) and nothing comes
+    due: cryptography is not even imported, --verbose says the same; a change by hand
+    brings the full check back."""
+    http_certificate(site, name='one', labels=('one',))
+    http_certificate(site, name='two', labels=('two',))
+    assert_ok(site.run())                               # issued
+    first = site.run('--verbose')                       # read in full, remembered
+    assert_ok(first)
+    notes = [line for line in first.stdout.splitlines() if ' is not due: ' in line]
+    assert len(notes) == 2
+    with open(site.path('resource', 'status.json')) as file:
+        assert set(json.load(file)['keys']) == {'one', 'two'}
+    result = launch_acmebot('--config', site.config_path, '--verbose', cwd=site.root,
+                            env={**os.environ, 'PYTHONPROFILEIMPORTTIME': '1'})
+    assert_ok(result)
+    assert not imported(result.stderr) & {'cryptography', *LIBRARIES}
+    assert [line for line in result.stdout.splitlines() if ' is not due: ' in line] == notes
+
+    key = site.path('private_key', 'one.key')
+    os.chmod(key, 0o644)                                # made readable by others
+    os.remove(site.path('private_key', 'two_full.key'))
+    result = site.run(write=False)
+    assert_ok(result)
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o640
+    assert os.path.exists(site.path('private_key', 'two_full.key'))
+
+    backup = site.path('private_key', 'one_backup.key')
+    old = os.stat(backup).st_mtime - 800 * 86400        # past expiration_days (730)
+    os.utime(backup, (old, old))
+    result = site.run(write=False)
+    assert_ok(result)
+    assert 'one: the backup key is 800 days old' in result.stderr
