@@ -34,6 +34,7 @@ def test_help_and_version_import_no_library(option, tmp_path):
 def test_run_with_nothing_for_the_ca_imports_no_acme_library(site):
     http_certificate(site)
     assert_ok(site.run())
+    os.utime(site.path('certificate', 'site.pem'))     # touched: the key is read again
     result = launch_acmebot('--config', site.config_path, cwd=site.root,
                             env={**os.environ, 'PYTHONPROFILEIMPORTTIME': '1'})
     assert_ok(result)
@@ -43,13 +44,15 @@ def test_run_with_nothing_for_the_ca_imports_no_acme_library(site):
 
 
 def test_unchanged_keys_are_not_read_again(site):
-    """A run after one that found a private key needing nothing skips it while nothing it
-    depends on changed (its fingerprint: configuration, files, records) and nothing comes
-    due: cryptography is not even imported, --verbose says the same; a change by hand
-    brings the full check back."""
+    """A run after one that left a private key needing nothing (here: the one that issued
+    its certificate) skips it while nothing it depends on changed (its fingerprint:
+    configuration, files, records) and nothing comes due: cryptography is not even
+    imported, --verbose says the same; a change by hand brings the full check back."""
     http_certificate(site, name='one', labels=('one',))
     http_certificate(site, name='two', labels=('two',))
-    assert_ok(site.run())                               # issued
+    assert_ok(site.run())                               # issued, remembered
+    os.utime(site.path('certificate', 'one.pem'))
+    os.utime(site.path('certificate', 'two.pem'))
     first = site.run('--verbose')                       # read in full, remembered
     assert_ok(first)
     notes = [line for line in first.stdout.splitlines() if ' is not due: ' in line]
@@ -61,6 +64,7 @@ def test_unchanged_keys_are_not_read_again(site):
     assert_ok(result)
     assert not imported(result.stderr) & {'cryptography', *LIBRARIES}
     assert [line for line in result.stdout.splitlines() if ' is not due: ' in line] == notes
+    assert 'wrote' not in result.stdout
 
     key = site.path('private_key', 'one.key')
     os.chmod(key, 0o644)                                # made readable by others
