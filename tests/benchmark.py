@@ -71,17 +71,25 @@ def timed(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | Non
 # ---- the tools -----------------------------------------------------------------------
 
 
-class Acmebot:
-    name = 'acmebot'
+class Tool:
+    """A tool under test: the world it works in, and a fresh directory for each run."""
+    name = ''
 
     def __init__(self, env, root: str) -> None:
         self.env = env
         self.root = root
         self.runs = 0
 
-    def site(self, certificates: int, challenge: str = 'dns') -> Site:
+    def run_directory(self) -> str:
         self.runs += 1
-        site = Site(self.env, os.path.join(self.root, f'acmebot-{self.runs}'))
+        return os.path.join(self.root, f'{self.name}-{self.runs}')
+
+
+class Acmebot(Tool):
+    name = 'acmebot'
+
+    def site(self, certificates: int, challenge: str = 'dns') -> Site:
+        site = Site(self.env, self.run_directory())
         site.config['settings'] = {key: value for key, value in site.config['settings'].items()
                                    if key in ('acme_directory_url', 'acme_ca_bundle',
                                               'dns_resolvers', 'file_user', 'file_group')}
@@ -104,13 +112,11 @@ class Acmebot:
         return [sys.executable, ACMEBOT, '--config', site.config_path, *args]
 
 
-class Certbot:
+class Certbot(Tool):
     name = 'certbot'
 
     def __init__(self, env, root: str) -> None:
-        self.env = env
-        self.root = root
-        self.runs = 0
+        super().__init__(env, root)
         key = env.bind.keys['hmac-sha256']
         self.credentials = os.path.join(root, 'rfc2136.ini')
         with open(self.credentials, 'w') as file:
@@ -121,8 +127,7 @@ class Certbot:
         self.environ = {**os.environ, 'REQUESTS_CA_BUNDLE': env.pebble.ca_file}
 
     def directories(self) -> list[str]:
-        self.runs += 1
-        base = os.path.join(self.root, f'certbot-{self.runs}')
+        base = self.run_directory()
         return ['--config-dir', base, '--work-dir', base + '/work', '--logs-dir',
                 base + '/logs']
 
@@ -142,13 +147,11 @@ class Certbot:
         return argv
 
 
-class Lego:
+class Lego(Tool):
     name = 'lego'
 
     def __init__(self, env, root: str) -> None:
-        self.env = env
-        self.root = root
-        self.runs = 0
+        super().__init__(env, root)
         key = env.bind.keys['hmac-sha256']
         self.environ = {**os.environ, 'LEGO_CA_CERTIFICATES': env.pebble.ca_file,
                         'RFC2136_NAMESERVER': '127.0.0.1:53',
@@ -159,12 +162,11 @@ class Lego:
               ) -> tuple[list[str], dict[str, str]]:
         """argv and environment of one lego run; tuned: the propagation check polls every
         second (lego's default: every 2 s, after a first wait)."""
-        self.runs += 1
         env = dict(self.environ)
         if tuned:
             env.update(RFC2136_POLLING_INTERVAL='1', RFC2136_SEQUENCE_INTERVAL='1')
         argv = ['lego', '--accept-tos', '--email', 'admin@example.test', '--server',
-                self.env.pebble.url, '--path', os.path.join(self.root, f'lego-{self.runs}'),
+                self.env.pebble.url, '--path', self.run_directory(),
                 '--key-type', 'rsa2048']
         if challenge == 'dns':
             argv += ['--dns', 'rfc2136', '--dns.resolvers', '127.0.0.1:53']
