@@ -259,6 +259,15 @@ class Benchmark:
     def selected(self, work: str) -> bool:
         return not self.only or any(text.lower() in work.lower() for text in self.only)
 
+    def issue_tools(self, count: int, challenge: str = 'dns'
+                    ) -> dict[str, Callable[[], tuple[float, int]]]:
+        """Issuing count certificates by challenge: acmebot, and the peers if they run."""
+        tools = {'acmebot': self.acmebot_issue(count, challenge)}
+        if self.certbot is not None:
+            tools['certbot'] = self.certbot_issue(count, challenge)
+            tools['lego'] = self.lego_issue(count, challenge)
+        return tools
+
     def run(self, large: int) -> None:
         peers = self.certbot is not None
         work = 'start-up (--version)'
@@ -271,11 +280,7 @@ class Benchmark:
         for count in (1, 10):
             work = f'{count} certificate{"s" if count > 1 else ""} x 2 names, DNS-01, peers tuned'
             if self.selected(work):
-                tools = {'acmebot': self.acmebot_issue(count)}
-                if peers:
-                    tools['certbot'] = self.certbot_issue(count)
-                    tools['lego'] = self.lego_issue(count)
-                self.measure(work, tools)
+                self.measure(work, self.issue_tools(count))
         work = '1 certificate x 2 names, DNS-01, peers at their default waits'
         if peers and self.selected(work):
             self.measure(work, {'acmebot': self.acmebot_issue(1),
@@ -283,11 +288,7 @@ class Benchmark:
                                 'lego': self.lego_issue(1, tuned=False)})
         work = '1 certificate x 2 names, HTTP-01'
         if self.selected(work):
-            tools = {'acmebot': self.acmebot_issue(1, 'http')}
-            if peers:
-                tools['certbot'] = self.certbot_issue(1, 'http')
-                tools['lego'] = self.lego_issue(1, 'http')
-            self.measure(work, tools)
+            self.measure(work, self.issue_tools(1, 'http'))
         for count in (10, 100):
             work = f'no-op run over {count} certificates'
             if self.selected(work):
