@@ -46,27 +46,28 @@ def certificate_config(m, names, common_name=None, profile=None):
 def test_renewal_reasons(acmebot_module, keys):
     m = acmebot_module
     key, other = keys
+    public, other_public = (m.public_key_der(item) for item in keys)
     config = certificate_config(m, ['a.example.test', 'b.example.test'])
     fine = self_signed(m, key, ['a.example.test', 'b.example.test'], 60, cn='a.example.test')
-    assert m.renewal_reasons(config, [fine], key, None) == []
-    assert m.renewal_reasons(config, None, key, None) == ['no certificate is installed']
+    assert m.renewal_reasons(config, [fine], public, None) == []
+    assert m.renewal_reasons(config, None, public, None) == ['no certificate is installed']
     # time alone never makes a certificate due here: that is schedule_renewals' decision
     expiring = self_signed(m, key, ['a.example.test', 'b.example.test'], 1)
-    assert m.renewal_reasons(config, [expiring], key, None) == []
-    assert m.renewal_reasons(config, [fine], other, None) == [
+    assert m.renewal_reasons(config, [expiring], public, None) == []
+    assert m.renewal_reasons(config, [fine], other_public, None) == [
         'the certificate does not match the private key']
     changed = self_signed(m, key, ['a.example.test', 'c.example.test'], 60)
-    assert m.renewal_reasons(config, [changed], key, None) == [
+    assert m.renewal_reasons(config, [changed], public, None) == [
         'the alternative names changed (+b.example.test, -c.example.test)']
     other_cn = self_signed(m, key, ['a.example.test', 'b.example.test'], 60, cn='b.example.test')
-    assert m.renewal_reasons(config, [other_cn], key, None) == [
+    assert m.renewal_reasons(config, [other_cn], public, None) == [
         'the common name changed from b.example.test to a.example.test']
-    assert m.renewal_reasons(config, [fine], key, 'classic') == [
+    assert m.renewal_reasons(config, [fine], public, 'classic') == [
         'the profile changed from "classic" to the CA\'s default']
     short = certificate_config(m, ['a.example.test', 'b.example.test'], profile='shortlived')
-    assert m.renewal_reasons(short, [fine], key, None) == [
+    assert m.renewal_reasons(short, [fine], public, None) == [
         'the profile changed from the CA\'s default to "shortlived"']
-    assert m.renewal_reasons(short, [fine], key, 'shortlived') == []
+    assert m.renewal_reasons(short, [fine], public, 'shortlived') == []
 
 
 # RFC 9773 Appendix A: its certificate ID is aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE
@@ -374,11 +375,13 @@ def test_wanted_tlsa_records(acmebot_module, keys):
         tlsa_record(m, 'a.example.test', usage='PKIX_TA', selector='CERT', ttl=60)))
     b = dataclasses.replace(certificate_config(m, ['b.example.test']), name='b', tlsa_records=(
         tlsa_record(m, 'a.example.test', usage='PKIX_EE', selector='CERT'),))
-    wanted = m.wanted_tlsa_records([(a, [leaf, issuer], None, [primary, backup]),
-                                    (b, [leaf], None, [primary, backup])])
-    assert sorted(wanted) == ['_25._tcp.a.example.test', '_443._tcp.a.example.test']
-    spki = {(3, 1, 1, m.spki_sha256(key)) for key in (primary, backup)}
     der = serialization.Encoding.DER
+    public = [key.public_key().public_bytes(der, serialization.PublicFormat.SubjectPublicKeyInfo)
+              for key in (primary, backup)]
+    wanted = m.wanted_tlsa_records([(a, [leaf, issuer], None, public),
+                                    (b, [leaf], None, public)])
+    assert sorted(wanted) == ['_25._tcp.a.example.test', '_443._tcp.a.example.test']
+    spki = {(3, 1, 1, hashlib.sha256(item).digest()) for item in public}
     anchor = (0, 0, 1, hashlib.sha256(issuer.public_bytes(der)).digest())
     end_entity = (1, 0, 1, hashlib.sha256(leaf.public_bytes(der)).digest())
     assert wanted['_25._tcp.a.example.test'].values == spki
