@@ -35,6 +35,12 @@ CERTBOT_VENV = os.path.join(ROOT, '.test-tools', 'certbot')
 CERTBOT = os.path.join(CERTBOT_VENV, 'bin', 'certbot')
 NAMESPACE_FLAG = 'ACMEBOT_BENCHMARK_NAMESPACE'
 GNU_TIME = '/usr/bin/time'              # Debian package time
+START_UP_RUNS = 21                       # a start takes a tenth of a second: one is noise
+
+
+def seconds(value: float) -> str:
+    """A wall time with three decimals below a second, two above."""
+    return f'{value:.3f} s' if value < 1 else f'{value:.2f} s'
 
 
 @dataclass
@@ -201,13 +207,14 @@ class Benchmark:
         self.tag += 1
         return [hosts_of(f'{self.tag}x', index) for index in range(count)]
 
-    def measure(self, work: str, tools: dict[str, Callable[[], tuple[float, int]]]) -> None:
+    def measure(self, work: str, tools: dict[str, Callable[[], tuple[float, int]]],
+                runs: int = 0) -> None:
         results = {name: Measure() for name in tools}
-        for _ in range(self.repeat):
+        for _ in range(max(runs, self.repeat)):
             for name, run in tools.items():
                 results[name].add(*run())
         self.rows.append((work, results))
-        print(f'  {work}: ' + ', '.join(f'{name} {m.median:.2f} s' for name, m in
+        print(f'  {work}: ' + ', '.join(f'{name} {seconds(m.median)}' for name, m in
                                           results.items()), flush=True)
 
     # acmebot
@@ -276,7 +283,7 @@ class Benchmark:
             if peers:
                 version['certbot'] = lambda: timed([CERTBOT, '--version'])
                 version['lego'] = lambda: timed(['lego', '--version'])
-            self.measure(work, version)
+            self.measure(work, version, START_UP_RUNS)
         for count in (1, 10):
             work = f'{count} certificate{"s" if count > 1 else ""} x 2 names, DNS-01, peers tuned'
             if self.selected(work):
@@ -308,7 +315,7 @@ class Benchmark:
             cells = []
             for name in ['acmebot', *peers]:
                 m = results.get(name)
-                cells.append(f'{m.median:.2f} s, {m.peak_kib / 1024:.0f} MiB' if m else '-')
+                cells.append(f'{seconds(m.median)}, {m.peak_kib / 1024:.0f} MiB' if m else '-')
             best = min((results[name].median for name in peers if name in results),
                        default=None)
             ratio = f'{results["acmebot"].median / best:.2f}' if best else '-'
@@ -350,7 +357,8 @@ def main() -> None:
     parser.add_argument('--peers', action='store_true', help='run Certbot and lego too')
     parser.add_argument('--install-peers', action='store_true',
                         help='install Certbot (PyPI) and lego (Debian) first; implies --peers')
-    parser.add_argument('--repeat', type=int, default=1, help='runs per measurement')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help=f'runs per measurement (start-up: at least {START_UP_RUNS})')
     parser.add_argument('--large', type=int, default=1000,
                         help='certificates in the acmebot-only run (0: skip)')
     parser.add_argument('--json', help='also write the figures to this file')

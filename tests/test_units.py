@@ -45,7 +45,7 @@ def certificate_config(m, names, common_name=None, profile=None):
 
 def test_renewal_reasons(acmebot_module, keys):
     m = acmebot_module
-    key, other = keys
+    key = keys[0]
     public, other_public = (m.public_key_der(item) for item in keys)
     config = certificate_config(m, ['a.example.test', 'b.example.test'])
     fine = self_signed(m, key, ['a.example.test', 'b.example.test'], 60, cn='a.example.test')
@@ -190,6 +190,20 @@ def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
     names = addresses.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ['192.0.2.1',
                                                                             '2001:db8::1']
+
+
+def test_authorizations_keep_only_answerable_challenges(acmebot_module):
+    m = acmebot_module
+    token = 'dG9rZW4tdG9rZW4tdG9rZW4tdG9rZW4'
+    body = m.acme_messages.Authorization.from_json({
+        'status': 'pending', 'expires': '2026-12-01T00:00:00Z',
+        'identifier': {'type': 'dns', 'value': 'a.example.test'},
+        'challenges': [{'type': kind, 'url': f'https://ca.test/{kind}', 'token': token,
+                        'status': 'pending'}
+                       for kind in ('http-01', 'tls-alpn-01', 'dns-01', 'dns-account-01')]})
+    kept = m._answerable(body)
+    assert [challb.chall.typ for challb in kept.challenges] == ['http-01', 'dns-01']
+    assert kept.identifier == body.identifier and kept.status == body.status
 
 
 def test_ec_parameters(acmebot_module):
