@@ -31,6 +31,16 @@ def test_help_and_version_import_no_library(option, tmp_path):
     assert not loaded & {*LIBRARIES, 'dns', 'cryptography'}, loaded
 
 
+@pytest.mark.parametrize('option', ['--version', '--help'])
+def test_output_that_cannot_be_written_fails_without_a_traceback(option, tmp_path):
+    with open('/dev/full', 'w') as full:
+        result = subprocess.run([sys.executable, ACMEBOT, option], stdout=full,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert 'cannot write to the standard output' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
 def test_run_with_nothing_for_the_ca_imports_no_acme_library(site):
     http_certificate(site)
     assert_ok(site.run())
