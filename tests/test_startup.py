@@ -32,9 +32,15 @@ def test_help_and_version_import_no_library(option, tmp_path):
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])
-def test_output_that_cannot_be_written_fails_without_a_traceback(option, tmp_path):
+@pytest.mark.parametrize('unbuffered', ['', '1'])     # the write fails, or the last flush
+def test_output_that_cannot_be_written_fails_without_a_traceback(option, unbuffered,
+                                                                  tmp_path):
+    environ = {name: value for name, value in os.environ.items()
+               if name != 'PYTHONUNBUFFERED'}
+    if unbuffered:
+        environ['PYTHONUNBUFFERED'] = unbuffered
     with open('/dev/full', 'w') as full:
-        result = subprocess.run([sys.executable, ACMEBOT, option], stdout=full,
+        result = subprocess.run([sys.executable, ACMEBOT, option], stdout=full, env=environ,
                                 stderr=subprocess.PIPE, text=True, cwd=tmp_path, check=False)
     assert result.returncode == 1
     assert 'cannot write to the standard output' in result.stderr
