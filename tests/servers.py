@@ -90,6 +90,16 @@ def wait_until(check, what: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f'{what} did not come up in {timeout} s: {last}')
 
 
+def come_up(server, check, what: str) -> None:
+    """Wait for a server just started; stop it if it does not come up, since a leftover
+    process would hold its port for every later test."""
+    try:
+        wait_until(check, what)
+    except BaseException:
+        server.stop()
+        raise
+
+
 def stop_process(process: subprocess.Popen | None) -> None:
     """Terminate a server started by the tests, killing it if it does not stop."""
     if process:
@@ -153,7 +163,7 @@ controls {{ }};
         with open(os.path.join(self.directory, 'named.log'), 'w') as output:
             self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
                                             stdout=output, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.query('ns1.example.test', 'A'), 'BIND')
+        come_up(self, lambda: self.query('ns1.example.test', 'A'), 'BIND')
 
     def query(self, name: str, rdtype: str) -> list[str]:
         """Values served by the test BIND (authoritative answers only)."""
@@ -223,7 +233,7 @@ controls {{ }};
         def answers() -> bool:
             query = dns.message.make_query('ns1.example.test', 'A')
             return bool(dns.query.udp(query, BIND_ADDRESS, port=self.port, timeout=2).answer)
-        wait_until(answers, 'resolver')
+        come_up(self, answers, 'resolver')
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -295,7 +305,7 @@ class Pebble:
             self.process = subprocess.Popen(
                 [self.binary, '-config', path, '-dnsserver', f'{BIND_ADDRESS}:{PORTS["resolver"]}'], env=env,
                 stdout=output, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.get(self.url), 'Pebble')
+        come_up(self, lambda: self.get(self.url), 'Pebble')
 
     def get(self, url: str) -> bytes:
         require_loopback(url.split('/')[2].rsplit(':', 1)[0])
@@ -326,7 +336,8 @@ class Pebble:
 
 
 def make_tls_certificate(directory: str) -> None:
-    """A throw-away CA and a certificate for 127.0.0.1/localhost for Pebble's HTTPS."""
+    """A throw-away CA and a certificate for 127.0.0.1/localhost for Pebble's HTTPS, with
+    the extensions that strict X.509 checking (Python 3.13's default) requires."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'acmebot test CA')])
@@ -335,6 +346,12 @@ def make_tls_certificate(directory: str) -> None:
           .not_valid_before(now - datetime.timedelta(days=1))
           .not_valid_after(now + datetime.timedelta(days=3650))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=False, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True,
+              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
@@ -346,6 +363,8 @@ def make_tls_certificate(directory: str) -> None:
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName('localhost'), x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
                 critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     with open(os.path.join(directory, 'ca.pem'), 'wb') as file:
         file.write(ca.public_bytes(serialization.Encoding.PEM))
@@ -378,7 +397,7 @@ class HttpServer:
             require_loopback(self.address)
             with socket.create_connection((self.address, PORTS['http']), timeout=1):
                 return True
-        wait_until(answers, 'HTTP server')
+        come_up(self, answers, 'HTTP server')
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -516,8 +535,8 @@ refuse_all:
 ''')
         self.process = subprocess.Popen(['exim4', '-C', conf, '-bdf', '-oX', '587'],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: socket.create_connection((SMTP_ADDRESS, 587), timeout=1).close()
-                   or True, 'exim4')
+        come_up(self, lambda: socket.create_connection((SMTP_ADDRESS, 587), timeout=1).close()
+                or True, 'exim4')
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -539,7 +558,7 @@ class NodeExporter:
              '--collector.disable-defaults', '--collector.textfile',
              f'--collector.textfile.directory={self.directory}'],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.scrape() is not None, 'prometheus-node-exporter')
+        come_up(self, lambda: self.scrape() is not None, 'prometheus-node-exporter')
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.url, timeout=5) as response:
