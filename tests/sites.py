@@ -4,6 +4,7 @@ with. The servers themselves are in servers.py."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.machinery
 import importlib.util
 import ipaddress
@@ -226,6 +227,11 @@ def http_certificate(site, name='site', labels=('www',), zone='example.test', **
         'common_name': hosts[0],
         'alt_names': {zone: [h.removesuffix('.' + zone) for h in hosts]}, **cert}
     return hosts
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """A timestamp acmebot wrote (RFC 3339, "Z"; Python 3.10's fromisoformat needs +00:00)."""
+    return datetime.datetime.fromisoformat(re.sub(r'[Zz]$', '+00:00', text))
 
 
 def later(days: float) -> tuple[str, ...]:

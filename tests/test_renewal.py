@@ -18,6 +18,7 @@ from sites import (
     http_certificate,
     later,
     load_key,
+    parse_time,
     pem_certificates,
 )
 
@@ -39,10 +40,6 @@ def installed(site, name='site'):
 
 def lifetime_days(cert):
     return (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds() / DAY
-
-
-def parse_time(text):
-    return datetime.datetime.fromisoformat(text)
 
 
 def only_record(site, name='site'):

@@ -11,7 +11,16 @@ import re
 import subprocess
 
 from servers import NodeExporter
-from sites import HERE, assert_ok, dns_certificate, http_certificate, later, mode, pem_certificates
+from sites import (
+    HERE,
+    assert_ok,
+    dns_certificate,
+    http_certificate,
+    later,
+    mode,
+    parse_time,
+    pem_certificates,
+)
 
 UTC = datetime.timezone.utc
 
@@ -41,7 +50,7 @@ def test_issued_certificate_is_recorded_and_shown(site):
     assert entry['not_after'] == cert.not_valid_after_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
     assert entry['serial'] == f'{cert.serial_number:x}'
     assert entry['last_attempt']['success'] is True and entry['last_attempt']['error'] is None
-    renewal = datetime.datetime.fromisoformat(entry['renewal']['time'])
+    renewal = parse_time(entry['renewal']['time'])
     assert cert.not_valid_before_utc < renewal < cert.not_valid_after_utc
     assert entry['renewal']['reason'].startswith('renewal at ')     # Pebble's ARI window
 

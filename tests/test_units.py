@@ -226,6 +226,28 @@ def test_retry_after(acmebot_module):
     assert m.parse_retry_after('soon', FixedClock()) is None
 
 
+@pytest.mark.parametrize(('text', 'expected'), [
+    ('2026-11-26T12:00:00Z', NOW),
+    ('2026-11-26t12:00:00z', NOW),
+    ('2026-11-26T12:00:00.123456789Z', NOW.replace(microsecond=123456)),  # nanoseconds
+    ('2026-11-26T12:00:00.5Z', NOW.replace(microsecond=500000)),
+    ('2026-11-26T13:30:00+01:30', NOW),
+    ('2026-11-26T06:00:00-06:00', NOW),
+])
+def test_rfc3339_timestamps(acmebot_module, text, expected):
+    when = acmebot_module._parse_utc(text)
+    assert when == expected
+    assert when.utcoffset() == datetime.timedelta(0)
+
+
+@pytest.mark.parametrize('text', ['2026-11-26T12:00:00', '2026-11-26', '20261126T120000Z',
+                                  '2026-11-26T12:00:00+0100', '2026-13-26T12:00:00Z',
+                                  '2026-11-26T12:00:00+24:00', ' 2026-11-26T12:00:00Z', 1])
+def test_rfc3339_timestamps_refused(acmebot_module, text):
+    with pytest.raises(ValueError):
+        acmebot_module._parse_utc(text)
+
+
 def test_command_argv(acmebot_module):
     m = acmebot_module
     assert m.command_argv('systemctl reload nginx') == ['systemctl', 'reload', 'nginx']
