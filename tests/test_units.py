@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import hashlib
@@ -522,6 +523,43 @@ def test_named_dh_groups_are_openssls(acmebot_module, bits):
     assert (ours.p, ours.g) == (theirs.p, theirs.g)
     assert m.named_dhparams(bits) == pem              # byte for byte
     assert m.dhparams_of(m.named_dhparams(bits), bits) == m.named_dhparams(bits)
+
+
+def test_dh_parameters_read_from_files(acmebot_module):
+    """dhparams_of reads PKCS #3 itself: what it keeps, cryptography reads as DH of that size."""
+    m = acmebot_module
+    p = m.ffdhe_prime(2048)
+
+    def pem(der):
+        text = base64.encodebytes(der)
+        return b'-----BEGIN DH PARAMETERS-----\n' + text + b'-----END DH PARAMETERS-----\n'
+
+    def sequence(*parts):
+        return m._der(0x30, b''.join(parts))
+
+    kept = [pem(sequence(m._der_integer(p), m._der_integer(2))),
+            pem(sequence(m._der_integer(p), m._der_integer(5), m._der_integer(256))),
+            b'-----BEGIN CERTIFICATE-----\n...\n' + m.named_dhparams(2048)]
+    for text in kept:
+        block = m.dhparams_of(text, 2048)
+        assert block is not None and text.endswith(block.rstrip(b'\n') + b'\n')
+        numbers = serialization.load_pem_parameters(block).parameter_numbers()
+        assert numbers.p == p
+    assert m.dhparams_of(kept[0], 3072) is None                       # another size
+    refused = [
+        pem(sequence(m._der_integer(p), m._der_integer(1))),         # generator 1
+        pem(sequence(m._der_integer(p))),                             # no generator
+        pem(sequence(m._der_integer(p), m._der_integer(2), m._der_integer(1), m._der_integer(1))),
+        pem(sequence(m._der(0x02, b'\xff' + p.to_bytes(256, 'big')), m._der_integer(2))),
+        pem(sequence(m._der_integer(p), m._der(0x04, b'\x02'))),     # not an INTEGER
+        pem(m._der(0x31, m._der_integer(p) + m._der_integer(2))),     # a SET
+        pem(sequence(m._der_integer(p), m._der_integer(2)) + b'\x00'),  # trailing byte
+        pem(sequence(m._der_integer(p), m._der_integer(2))[:-40]),      # cut short
+        b'-----BEGIN DH PARAMETERS-----\nnot base64!\n-----END DH PARAMETERS-----\n',
+        b'-----BEGIN DH PARAMETERS-----\n-----END DH PARAMETERS-----\n',
+        b'no parameters here\n']
+    for text in refused:
+        assert m.dhparams_of(text, 2048) is None, text
 
 
 def test_dh_parameters_named_kept_or_generated(acmebot_module, tmp_path, monkeypatch):
