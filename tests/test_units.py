@@ -234,6 +234,7 @@ def test_retry_after(acmebot_module):
     ('2026-11-26T12:00:00.5Z', NOW.replace(microsecond=500000)),
     ('2026-11-26T13:30:00+01:30', NOW),
     ('2026-11-26T06:00:00-06:00', NOW),
+    ('2026-11-26T11:59:60Z', NOW.replace(hour=11, minute=59, second=59)),   # a leap second
 ])
 def test_rfc3339_timestamps(acmebot_module, text, expected):
     when = acmebot_module._parse_utc(text)
@@ -243,7 +244,8 @@ def test_rfc3339_timestamps(acmebot_module, text, expected):
 
 @pytest.mark.parametrize('text', ['2026-11-26T12:00:00', '2026-11-26', '20261126T120000Z',
                                   '2026-11-26T12:00:00+0100', '2026-13-26T12:00:00Z',
-                                  '2026-11-26T12:00:00+24:00', ' 2026-11-26T12:00:00Z', 1])
+                                  '2026-11-26T12:00:00+24:00', ' 2026-11-26T12:00:00Z',
+                                  '2026-11-26T12:00:61Z', 1])
 def test_rfc3339_timestamps_refused(acmebot_module, text):
     with pytest.raises(ValueError):
         acmebot_module._parse_utc(text)
