@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from servers import DAY, PEBBLE_2_4, Environment, Pebble, start_environment
+from servers import DAY, PEBBLE_2_4, Caddy, Environment, Pebble, start_environment
 from sites import Site, load_acmebot_module
 
 
@@ -82,3 +82,15 @@ def chains_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFac
     """A Pebble that offers an alternate chain to a second root."""
     yield from started_pebble(tmp_path_factory, 'pebble-chains',
                               env={'PEBBLE_ALTERNATE_ROOTS': '1'})
+
+
+@pytest.fixture(scope='session')
+def caddy(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Caddy]:
+    """Caddy's ACME server (the smallstep CA), validating through the test BIND."""
+    server = Caddy(str(tmp_path_factory.mktemp('caddy')))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

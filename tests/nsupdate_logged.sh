@@ -6,7 +6,7 @@ shift
 script=$(cat)
 {
     echo "args: $*"
-    [ "$1" = "-k" ] && echo "key mode: $(stat -c %a "$2")"
+    [ "$1" = "-k" ] && echo "key mode: $(stat -L -c %a "$2")"
     echo "$script"
 } >> "$log"
 printf '%s\n' "$script" | exec nsupdate "$@"

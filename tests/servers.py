@@ -55,6 +55,7 @@ PORTS = {
     'pebble-profiles': 14004, 'pebble-profiles-management': 15004,  # classic and shortlived
     'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
     'pebble-chains': 14006, 'pebble-chains-management': 15006,   # alternate chains
+    'caddy': 14100,                             # Caddy's ACME server (smallstep CA)
     'nginx': 8443, 'apache': 8444,
     'node-exporter': 9100,                      # Prometheus node exporter, textfile only
 }
@@ -658,3 +659,87 @@ def fetch_headers(address, host, ca_pem: bytes, path: str = '/index.html') -> di
     return headers
 
 
+
+
+# ---- Caddy's ACME server: the smallstep CA (step-ca) -----------------------------------
+
+# The trust stores of the host, which Caddy's pki app would install its roots into: mounted
+# read-only for Caddy's process (it runs in a private mount namespace), and skip_install_trust
+# on every CA it has (TESTING.md: Other servers).
+TRUST_STORES = ('/etc/ssl/certs', '/usr/local/share/ca-certificates', '/usr/share/ca-certificates',
+                '/etc/ca-certificates')
+
+
+class Caddy:
+    """Caddy's built-in ACME server (Debian sid's caddy, the smallstep CA inside) on
+    127.0.0.1, validating DNS-01 through the test BIND and HTTP-01 on port 80. It offers no
+    renewal information and no profiles, and refuses onlyReturnExisting beside any other
+    field and contact beside status."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.port = PORTS['caddy']
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f'https://127.0.0.1:{self.port}/acme/acmebot/directory'
+
+    @property
+    def ca_file(self) -> str:
+        """The root of the CA that signs Caddy's own HTTPS certificate (tls internal)."""
+        return os.path.join(self.directory, 'storage', 'pki', 'authorities', 'local', 'root.crt')
+
+    def start(self) -> None:
+        if not shutil.which('caddy'):
+            raise RuntimeError('caddy is not installed: run tests/install-test-deps')
+        os.makedirs(self.directory, exist_ok=True)
+        conf = os.path.join(self.directory, 'Caddyfile')
+        with open(conf, 'w') as file:
+            file.write(f'''{{
+\tadmin off
+\tskip_install_trust
+\tauto_https disable_redirects
+\tstorage file_system {self.directory}/storage
+\tpki {{
+\t\tca local {{
+\t\t\tname "acmebot test HTTPS"
+\t\t}}
+\t\tca acmebot {{
+\t\t\tname "acmebot test ACME CA"
+\t\t\tintermediate_lifetime 8760h
+\t\t}}
+\t}}
+}}
+https://127.0.0.1:{self.port} {{
+\tbind 127.0.0.1
+\ttls internal
+\tacme_server {{
+\t\tca acmebot
+\t\tlifetime 2160h
+\t\tchallenges http-01 dns-01
+\t\tresolvers {BIND_ADDRESS}:{PORTS['dns']}
+\t\tallow_wildcard_names
+\t}}
+}}
+''')
+        mounts = ' && '.join(f'{{ [ ! -d {path} ] || {{ mount --bind {path} {path} && '
+                             f'mount -o remount,bind,ro {path} {path}; }}; }}'
+                             for path in TRUST_STORES)
+        env = {**os.environ, 'HOME': self.directory,
+               'XDG_CONFIG_HOME': os.path.join(self.directory, 'config'),
+               'XDG_DATA_HOME': os.path.join(self.directory, 'data')}
+        with open(os.path.join(self.directory, 'caddy.log'), 'w') as output:
+            self.process = subprocess.Popen(
+                ['unshare', '-m', 'sh', '-c', f'{mounts} && exec caddy run --config "$1" '
+                 '--adapter caddyfile', 'sh', conf], env=env, stdout=output,
+                stderr=subprocess.STDOUT)
+        come_up(self, self.answers, 'Caddy')
+
+    def answers(self) -> bool:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        with urllib.request.urlopen(self.url, context=context, timeout=5) as response:
+            return b'newAccount' in response.read()
+
+    def stop(self) -> None:
+        stop_process(self.process)

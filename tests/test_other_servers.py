@@ -1,0 +1,138 @@
+"""acmebot against servers it was not developed on (issue 17): Caddy's ACME server (the
+smallstep CA, as in step-ca), a private CA added to the system trust store, Knot DNS and
+PowerDNS, each run on loopback by the tests like Pebble and BIND."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+from servers import make_tls_certificate
+from sites import (
+    acme_client,
+    assert_ok,
+    dns_certificate,
+    launch_acmebot,
+    later,
+    pem_certificates,
+)
+
+
+def use_caddy(site, caddy):
+    site.config['settings'].update(acme_directory_url=caddy.url, acme_ca_bundle=caddy.ca_file)
+
+
+def contact_at_ca(site) -> list[str]:
+    """The contact the CA holds for the site's account (POST-as-GET of the account URL)."""
+    client = acme_client(site)
+    uri = json.loads(site.read('resource', 'registration.json'))['uri']
+    response = client.net.post(uri, None, new_nonce_url=client.directory['newNonce'])
+    return response.json().get('contact', [])
+
+
+def test_caddy_account_with_email_is_used_again_and_its_contact_changed(site, caddy):
+    """The smallstep CA refuses onlyReturnExisting beside contact, and contact beside
+    status: the account lookup sends onlyReturnExisting alone and the update the contact
+    alone (RFC 8555 sections 7.3.1 and 7.3.2)."""
+    use_caddy(site, caddy)
+    dns_certificate(site)
+    assert_ok(site.run())
+    first = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    assert contact_at_ca(site) == ['mailto:admin@example.test']
+
+    result = site.run('--renew')                 # the stored account is looked up by its key
+    assert_ok(result)
+    assert pem_certificates(site.read('certificate', 'site.pem'))[0].serial_number != \
+        first.serial_number
+
+    site.config['account']['email'] = 'ops@example.test'
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert 'updating the ACME account contact to mailto:ops@example.test' in result.stdout
+    assert json.loads(site.read('resource', 'registration.json'))['contact'] == \
+        ['mailto:ops@example.test']
+    assert contact_at_ca(site) == ['mailto:ops@example.test']
+
+    del site.config['account']['email']          # removed: an empty contact list is sent
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert 'updating the ACME account contact to none' in result.stdout
+    # The smallstep CA ignores an empty contact list and says so in its answer: acmebot
+    # reports what the CA answered (once), not what it asked for.
+    assert result.stderr == (f'WARNING: the CA at {caddy.url} answered the contact update with '
+                             'mailto:ops@example.test instead of none\n')
+    assert contact_at_ca(site) == ['mailto:ops@example.test']
+    result = site.run('--renew', '--verbose')    # and nothing more to update
+    assert_ok(result)
+    assert 'updating the ACME account contact' not in result.stdout
+
+
+# ---- trust: the system store by default, acme_ca_bundle above it ----------------------
+
+SYSTEM_STORE = '/etc/ssl/certs/ca-certificates.crt'
+
+
+def store_with(site, ca_file: str) -> tuple[str, ...]:
+    """The launch prefix that runs acmebot in a private mount namespace whose system trust
+    store is a copy of this host's with ca_file added (the real store is never touched)."""
+    copy = os.path.join(site.root, 'ca-certificates.crt')
+    with open(SYSTEM_STORE, 'rb') as store, open(ca_file, 'rb') as extra, \
+            open(copy, 'wb') as out:
+        out.write(store.read() + b'\n' + extra.read())
+    return ('unshare', '-m', 'sh', '-c', f'mount --bind "$0" {SYSTEM_STORE} && exec "$@"', copy)
+
+
+def run_without_bundle(site, prefix: tuple[str, ...] = ()):
+    """acmebot without acme_ca_bundle, and without the variables that would name another
+    trust (as cron runs it)."""
+    site.config['settings'].pop('acme_ca_bundle', None)
+    site.write_config()
+    env = {name: value for name, value in os.environ.items()
+           if name not in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'SSL_CERT_FILE',
+                           'SSL_CERT_DIR')}
+    return launch_acmebot('--config', site.config_path, cwd=site.root, env=env, prefix=prefix)
+
+
+def test_default_trust_is_the_system_store(site):
+    with open(SYSTEM_STORE, 'rb') as file:
+        before = hashlib.sha256(file.read()).hexdigest()
+    dns_certificate(site)
+    result = run_without_bundle(site)                 # the test CA is not in the store
+    assert result.returncode == 1
+    assert "is not issued by a CA this host trusts; see settings.acme_ca_bundle" in \
+        result.stderr, result.stderr
+    result = run_without_bundle(site, store_with(site, site.env.pebble.ca_file))
+    assert_ok(result)
+    assert pem_certificates(site.read('certificate', 'site.pem'))
+    with open(SYSTEM_STORE, 'rb') as file:
+        assert hashlib.sha256(file.read()).hexdigest() == before
+
+
+def test_acme_ca_bundle_is_used_above_the_system_store(site, tmp_path):
+    """A bundle that does not hold the CA's issuer is refused even where the system store
+    trusts it: the setting decides."""
+    make_tls_certificate(str(tmp_path))               # another CA
+    site.config['settings']['acme_ca_bundle'] = str(tmp_path / 'ca.pem')
+    dns_certificate(site)
+    site.write_config()
+    result = launch_acmebot('--config', site.config_path, cwd=site.root,
+                            prefix=store_with(site, site.env.pebble.ca_file))
+    assert result.returncode == 1
+    assert re.search(r'fetching the ACME directory \S+: TLS verification failed: unable to get '
+                     r'local issuer certificate \(the CA\'s HTTPS certificate is not issued by a '
+                     r'CA this host trusts; see settings.acme_ca_bundle\)', result.stderr), \
+        result.stderr
+
+
+def test_expired_ca_certificate_is_not_blamed_on_the_bundle(site):
+    """The CA's HTTPS certificate (valid ten years) seen by a clock 11 years ahead: expired,
+    which the bundle cannot mend."""
+    dns_certificate(site)
+    result = site.run(prefix=later(4000))
+    assert result.returncode == 1
+    assert 'TLS verification failed: certificate has expired (the CA\'s HTTPS certificate is ' \
+           'outside its validity, or this host\'s clock is wrong: it reads ' in result.stderr, \
+        result.stderr
+    assert 'acme_ca_bundle' not in result.stderr
