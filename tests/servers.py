@@ -731,8 +731,9 @@ https://127.0.0.1:{self.port} {{
                'XDG_DATA_HOME': os.path.join(self.directory, 'data')}
         with open(os.path.join(self.directory, 'caddy.log'), 'w') as output:
             self.process = subprocess.Popen(
-                ['unshare', '-m', 'sh', '-c', f'{mounts} && exec caddy run --config "$1" '
-                 '--adapter caddyfile', 'sh', conf], env=env, stdout=output,
+                ['unshare', '-m', 'sh', '-c', (f'{mounts} && exec caddy run --config "$1" '
+                                               '--adapter caddyfile'), 'sh', conf],
+                env=env, stdout=output,
                 stderr=subprocess.STDOUT)
         come_up(self, self.answers, 'Caddy')
 

@@ -14,8 +14,8 @@ from sites import (
     acme_client,
     assert_ok,
     dns_certificate,
-    launch_acmebot,
     later,
+    launch_acmebot,
     pem_certificates,
 )
 
