@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from typing import TYPE_CHECKING
 
 from servers import make_tls_certificate, require_loopback
