@@ -9,7 +9,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from servers import DAY, PEBBLE_2_4, Caddy, Environment, Pebble, start_environment
+from servers import (
+    DAY,
+    PEBBLE_2_4,
+    Caddy,
+    Environment,
+    Knot,
+    Pebble,
+    PowerDns,
+    UpdateServer,
+    start_environment,
+)
 from sites import Site, load_acmebot_module
 
 
@@ -89,6 +99,19 @@ def caddy(environment: Environment, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Caddy]:
     """Caddy's ACME server (the smallstep CA), validating through the test BIND."""
     server = Caddy(str(tmp_path_factory.mktemp('caddy')))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope='session', params=['knot', 'powerdns'])
+def update_server(environment: Environment, tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[UpdateServer]:
+    """Knot DNS or PowerDNS, each authoritative for a zone of its own on 127.0.0.1."""
+    server = {'knot': Knot, 'powerdns': PowerDns}[request.param](
+        str(tmp_path_factory.mktemp(request.param)))
     server.start()
     try:
         yield server

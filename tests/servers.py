@@ -56,6 +56,7 @@ PORTS = {
     'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
     'pebble-chains': 14006, 'pebble-chains-management': 15006,   # alternate chains
     'caddy': 14100,                             # Caddy's ACME server (smallstep CA)
+    'knot': 5301, 'powerdns': 5302,             # RFC 2136 servers beside BIND
     'nginx': 8443, 'apache': 8444,
     'node-exporter': 9100,                      # Prometheus node exporter, textfile only
 }
@@ -744,3 +745,126 @@ https://127.0.0.1:{self.port} {{
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+# ---- Knot DNS and PowerDNS: RFC 2136 servers that answer differently from BIND ----------
+
+
+def new_tsig(name: str) -> Tsig:
+    return Tsig(name, 'hmac-sha256', base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+def small_zone(zone: str) -> str:
+    return f'''$ORIGIN {zone}.
+$TTL 60
+@   SOA ns1.{zone}. admin.{zone}. 1 3600 600 86400 60
+@   NS  ns1.{zone}.
+ns1 A   {BIND_ADDRESS}
+'''
+
+
+class UpdateServer:
+    """An authoritative server for one zone on 127.0.0.1 (its own port) that accepts RFC 2136
+    updates signed with keys['allowed'] and knows keys['known'] without allowing it to
+    update the zone."""
+    name = ''
+    zone = ''
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.port = PORTS[self.name]
+        self.keys = {role: new_tsig(f'{role}-{self.name}.example.test')
+                     for role in ('allowed', 'known')}
+        self.process: subprocess.Popen | None = None
+
+    def query(self, name: str, rdtype: str) -> list[str]:
+        response = dns.query.udp(dns.message.make_query(name, rdtype), BIND_ADDRESS,
+                                 port=self.port, timeout=2)
+        return [b''.join(rdata.strings).decode() if rdtype == 'TXT' else rdata.to_text()
+                for rrset in response.answer for rdata in rrset
+                if rrset.rdtype == dns.rdatatype.from_text(rdtype)]
+
+    def launch(self, argv: list[str]) -> None:
+        with open(os.path.join(self.directory, f'{self.name}.log'), 'w') as output:
+            self.process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+        come_up(self, lambda: self.query(self.zone, 'SOA'), self.name)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+class Knot(UpdateServer):
+    """Knot DNS (knotd): a known key that the zone's acl does not allow is answered BADKEY."""
+    name = 'knot'
+    zone = 'knot.test'
+
+    def start(self) -> None:
+        os.makedirs(os.path.join(self.directory, 'db'), exist_ok=True)
+        with open(os.path.join(self.directory, f'{self.zone}.zone'), 'w') as file:
+            file.write(small_zone(self.zone))
+        keys = ''.join(f'''  - id: {key.name}
+    algorithm: {key.algorithm}
+    secret: {key.secret}
+''' for key in self.keys.values())
+        conf = os.path.join(self.directory, 'knot.conf')
+        with open(conf, 'w') as file:
+            file.write(f'''server:
+    listen: {BIND_ADDRESS}@{self.port}
+    rundir: {self.directory}
+    user: root:root
+log:
+  - target: stderr
+    any: info
+database:
+    storage: {self.directory}/db
+key:
+{keys}acl:
+  - id: update
+    key: {self.keys['allowed'].name}
+    action: [update]
+template:
+  - id: default
+    storage: {self.directory}
+zone:
+  - domain: {self.zone}
+    file: {self.zone}.zone
+    acl: update
+''')
+        self.launch(['knotd', '-c', conf])
+
+
+class PowerDns(UpdateServer):
+    """PowerDNS with its SQLite backend: an unknown key or a wrong secret is answered with an
+    unsigned REFUSED, a known key not allowed for the zone with a signed one."""
+    name = 'powerdns'
+    zone = 'pdns.test'
+
+    def start(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        database = os.path.join(self.directory, 'pdns.sqlite3')
+        with open('/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql') as schema:
+            subprocess.run(['sqlite3', database], stdin=schema, check=True)
+        with open(os.path.join(self.directory, 'pdns.conf'), 'w') as file:
+            file.write(f'''launch=gsqlite3
+gsqlite3-database={database}
+local-address={BIND_ADDRESS}
+local-port={self.port}
+dnsupdate=yes
+allow-dnsupdate-from=127.0.0.0/8
+daemon=no
+guardian=no
+socket-dir={self.directory}
+webserver=no
+api=no
+''')
+        zone_file = os.path.join(self.directory, f'{self.zone}.zone')
+        with open(zone_file, 'w') as file:
+            file.write(small_zone(self.zone))
+        util = ['pdnsutil', f'--config-dir={self.directory}']
+        for command in ([*util, 'load-zone', self.zone, zone_file],
+                        *([*util, 'import-tsig-key', key.name, key.algorithm, key.secret]
+                          for key in self.keys.values()),
+                        [*util, 'set-meta', self.zone, 'TSIG-ALLOW-DNSUPDATE',
+                         self.keys['allowed'].name]):
+            subprocess.run(command, check=True, capture_output=True)
+        self.launch(['pdns_server', f'--config-dir={self.directory}'])

@@ -4,6 +4,8 @@ any bytes is shown safely, and nothing damaged is a crash."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import datetime
 import json
 import os
@@ -29,6 +31,7 @@ from sites import (
     http_certificate,
     later,
     pem_certificates,
+    san,
     service_calls,
     service_commands,
 )
@@ -281,3 +284,91 @@ def test_pending_account_key_that_cannot_sign_is_removed(site, pending):
     assert_ok(result)
     assert 'client_key.json.new' in result.stderr          # warned about
     assert not os.path.exists(site.path('resource', 'client_key.json.new'))
+
+
+# ---- what the skip of unchanged keys must not miss (item 12) ---------------------------
+
+
+def test_configuration_replaced_while_a_run_reads_it_is_looked_at_again(site, tmp_path_factory):
+    """The file is replaced (a name added) after acmebot read it and before the run ends:
+    the run remembers the configuration it applied, so the next run issues the new name."""
+    from test_interruptions import run_signalled
+    hosts = http_certificate(site)
+    applied = copy.deepcopy(site.config)
+    changed = str(tmp_path_factory.mktemp('config') / 'acmebot.json')
+    more = http_certificate(site, labels=('www', 'app'))
+    with open(changed, 'w') as file:
+        json.dump(site.config, file)
+    site.config = applied                       # what the run reads, before the swap
+    lock = site.path('pid', 'acmebot.pid')      # opened right after the configuration is read
+    result = run_signalled(site, f'swap={changed}:{site.config_path}', 1, lock,
+                           str(tmp_path_factory.mktemp('log') / 'log'))
+    assert_ok(result)
+    assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == set(hosts)
+    result = site.run('--verbose', write=False)
+    assert_ok(result)
+    assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == set(more)
+
+
+def test_certificate_file_cut_to_its_leaf_is_repaired(site):
+    http_certificate(site)
+    assert_ok(site.run())
+    chain = pem_certificates(site.read('certificate', 'site.pem'))
+    assert len(chain) == 2
+    path = site.path('certificate', 'site.pem')
+    leaf = site.read('certificate', 'site.pem').split(b'-----END CERTIFICATE-----')[0]
+    with open(path, 'wb') as file:
+        file.write(leaf + b'-----END CERTIFICATE-----\n')
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert f'{path} holds 1 of the 2 certificates of its chain' in result.stdout
+    assert len(pem_certificates(site.read('certificate', 'site.pem'))) == 2
+
+
+# ---- leftovers and damaged parameters (items 13, 14) -----------------------------------
+
+
+def test_stray_temporary_files_are_removed_wherever_acmebot_writes(site):
+    metrics = os.path.join(site.root, 'metrics')
+    os.makedirs(metrics)
+    site.config['settings']['metrics_file'] = os.path.join(metrics, 'acmebot.prom')
+    http_certificate(site)
+    assert_ok(site.run())
+    stray = [site.path('resource', '.0123456789abcdef.acmebot-tmp'),
+             os.path.join(site.dirs['archive'], 'site', '.fedcba9876543210.acmebot-tmp'),
+             os.path.join(metrics, '.00112233445566ff.acmebot-tmp')]
+    foreign = os.path.join(metrics, 'other-tool.acmebot-tmp')      # not a name acmebot makes
+    for path in [*stray, foreign]:
+        with open(path, 'w') as file:
+            file.write('left by a killed run')
+    assert_ok(site.run())
+    assert [path for path in stray if os.path.exists(path)] == []
+    assert os.path.exists(foreign)
+
+
+def test_damaged_diffie_hellman_prime_is_replaced(site, acmebot_module):
+    site.config['settings']['dhparam_size'] = 2048
+    http_certificate(site)
+    assert_ok(site.run())
+    content = site.read('certificate', 'site.pem')
+    named = acmebot_module.named_dhparams(2048)
+    assert named in content
+    der = bytearray(base64.b64decode(b''.join(named.splitlines()[1:-1])))
+    der[-4] ^= 1                       # the prime's last byte (before "02 01 02"): now even
+    text = base64.b64encode(bytes(der))
+    damaged = b'-----BEGIN DH PARAMETERS-----\n' + b'\n'.join(
+        text[start:start + 64] for start in range(0, len(text), 64)) + \
+        b'\n-----END DH PARAMETERS-----\n'
+    for name in ('certificate', 'dhparam'):
+        suffix = 'pem' if name == 'certificate' else 'param'
+        path = site.path(name, f'site.{suffix}')
+        content = site.read(name, f'site.{suffix}')
+        assert named in content
+        with open(path, 'wb') as file:
+            file.write(content.replace(named, damaged))
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'site: certificate site is due' not in result.stdout      # not reissued: mended
+    assert named in site.read('certificate', 'site.pem')
+    assert damaged not in site.read('certificate', 'site.pem')
+    assert site.read('dhparam', 'site.param').startswith(named)        # then the EC curve

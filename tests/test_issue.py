@@ -485,7 +485,7 @@ def test_wrong_tsig_secret(site):
     assert_failed_cleanly(site, result, before,
                           r'adding challenge records in zone example.test: the DNS server '
                           r'ns1.example.test \(port 53\) rejected the update signed with TSIG key '
-                          r'hmac-sha256-key.example.test: BADSIG')
+                          r'hmac-sha256-key.example.test: NOTAUTH with TSIG error BADSIG')
     assert result.stderr.count('BADSIG') == 1                  # reported once
     assert 'removing challenge records' not in result.stderr   # nothing was added
     assert 'AAAAAAAAAAAAAAAAAAAA' not in result.stderr

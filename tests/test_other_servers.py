@@ -9,7 +9,8 @@ import json
 import os
 import re
 
-from servers import make_tls_certificate
+import pytest
+from servers import Tsig, make_tls_certificate
 from sites import (
     acme_client,
     assert_ok,
@@ -136,3 +137,78 @@ def test_expired_ca_certificate_is_not_blamed_on_the_bundle(site):
            'outside its validity, or this host\'s clock is wrong: it reads ' in result.stderr, \
         result.stderr
     assert 'acme_ca_bundle' not in result.stderr
+
+
+# ---- RFC 2136 servers other than BIND: Knot DNS and PowerDNS ---------------------------
+
+
+def use_update_server(site, server, key: Tsig, nsupdate: bool = False) -> None:
+    """The site's zone_update_keys entry for the server's zone, signed with key."""
+    with open(os.path.join(site.dirs['update_key'], 'update.key'), 'w') as file:
+        file.write(key.clause())
+    site.config['zone_update_keys'] = {server.zone: {
+        'file': 'update.key', 'server': '127.0.0.1', 'port': server.port}}
+    # lookups in the zone (CNAME delegation) go to the server, which is authoritative for it
+    site.config['settings']['dns_resolvers'] = [f'127.0.0.1:{server.port}']
+    if nsupdate:
+        site.config['settings']['nsupdate_command'] = 'nsupdate'
+
+
+@pytest.mark.parametrize('sender', ['dnspython', 'nsupdate'])
+def test_updates_are_accepted_by_knot_and_powerdns(site, acmebot_module, update_server,
+                                                   sender):
+    m = acmebot_module
+    use_update_server(site, update_server, update_server.keys['allowed'], sender == 'nsupdate')
+    config = m.parse_config(site.config, site.write_config())
+    updater = m.dns_updater(config, update_server.zone, m.DnsClient(['127.0.0.1']),
+                            m.CommandRunner())
+    name = f'_acme-challenge.www-{site.tag}.{update_server.zone}'
+    updater.add_challenges({name: ['token-one', 'token-two']})
+    assert sorted(update_server.query(name, 'TXT')) == ['token-one', 'token-two']
+    updater.remove_challenges({name: ['token-one', 'token-two']})
+    assert update_server.query(name, 'TXT') == []
+
+
+BADKEY = ('NOTAUTH with TSIG error BADKEY (the server does not accept this key: it does not '
+          'know the key name and algorithm, or (as Knot answers) the key may not update this '
+          'zone)')
+POWERDNS_REFUSED = ('REFUSED, answer not signed (the server does not accept this key for this '
+                    'zone: an unknown key name, a wrong secret or a key that may not update '
+                    'the zone (PowerDNS answers each of these so, without signing its answer))')
+
+
+@pytest.mark.parametrize('sender', ['dnspython', 'nsupdate'])
+@pytest.mark.parametrize('case', ['known', 'unknown', 'wrong-secret'])
+def test_refusals_by_knot_and_powerdns_say_what_the_server_answered(site, update_server,
+                                                                     case, sender):
+    """The message names the key, the zone, the server and its answer (response code, TSIG
+    error, whether it was signed), and what that usually means, claiming nothing the
+    answer does not support (item 4)."""
+    allowed, known = update_server.keys['allowed'], update_server.keys['known']
+    key = {'known': known,
+           'unknown': Tsig(f'nobody-{site.tag}.example.test', 'hmac-sha256', allowed.secret),
+           'wrong-secret': Tsig(allowed.name, 'hmac-sha256', known.secret)}[case]
+    use_update_server(site, update_server, key, sender == 'nsupdate')
+    host = f'www-{site.tag}.{update_server.zone}'
+    site.config['certificates'] = {'site': {'common_name': host, 'alt_names': {
+        update_server.zone: [f'www-{site.tag}']}}}
+    result = site.run()
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    answers = {
+        ('knot', 'known'): BADKEY, ('knot', 'unknown'): BADKEY,
+        ('knot', 'wrong-secret'): 'NOTAUTH with TSIG error BADSIG (the server knows a key of '
+                                  'this name, but the signature does not verify: its secret '
+                                  'or algorithm differs)',
+        ('powerdns', 'known'): 'REFUSED (the server verified the key but does not allow it to '
+                               'update this zone)' if sender == 'dnspython' else
+                               'REFUSED (the server does not accept this key for this zone: '
+                               'an unknown key name, a wrong secret or a key that may not '
+                               'update the zone)',
+        ('powerdns', 'unknown'): POWERDNS_REFUSED, ('powerdns', 'wrong-secret'): POWERDNS_REFUSED}
+    expected = (f'ERROR: adding challenge records in zone {update_server.zone}: the DNS server '
+                f'127.0.0.1 (port {update_server.port}) rejected the update signed with TSIG '
+                f'key {key.name}: {answers[update_server.name, case]}')
+    assert result.stderr.splitlines()[0] == expected, result.stderr
+    assert key.secret not in result.stdout + result.stderr
+    assert update_server.query(f'_acme-challenge.{host}', 'TXT') == []
