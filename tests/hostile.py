@@ -113,6 +113,8 @@ class RenewalInfoServer:
         real['renewalInfo'] = f'https://127.0.0.1:{port}/renewal-info'
         self.answer: tuple[int, dict[str, str], bytes] = (404, {}, b'')
         self.asked: list[str] = []
+        self.drip = 0.0             # seconds between the bytes of an answer's body
+        self.stopped = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,7 +129,14 @@ class RenewalInfoServer:
                     self.send_header(name, value)
                 self.send_header('Content-Length', str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if server.drip and self.path != '/dir':
+                    for byte in body:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        if server.stopped.wait(server.drip):
+                            return
+                else:
+                    self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -147,6 +156,7 @@ class RenewalInfoServer:
             {'suggestedWindow': {'start': start, 'end': end}}).encode())
 
     def stop(self) -> None:
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -5,12 +5,14 @@ any bytes is shown safely, and nothing damaged is a crash."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 from hostile import (
@@ -167,15 +169,25 @@ def in_days(days: float) -> str:
     (None, None, '\u00b2'),
     (None, None, '99999999999999999999')], ids=['year-10000', 'year-0', 'superscript-two',
                                                 'huge-retry'])
-def test_malformed_renewal_information_never_stops_the_run(site, tmp_path, start, end,
-                                                           retry_after):
+@contextlib.contextmanager
+def issued_behind_renewal_info_server(site, tmp_path) -> Iterator[RenewalInfoServer]:
+    """A certificate issued by Pebble through a directory whose renewal information the
+    test answers (none yet: 404)."""
     os.makedirs(tmp_path / 'ari')
     server = RenewalInfoServer(str(tmp_path / 'ari'), site.env.pebble, HOSTILE_ARI_PORT)
     try:
         site.config['settings'].update(acme_directory_url=server.url,
                                        acme_ca_bundle=server.ca_file)
         dns_certificate(site)
-        assert_ok(site.run())                     # no renewal information to be had yet
+        assert_ok(site.run())
+        yield server
+    finally:
+        server.stop()
+
+
+def test_malformed_renewal_information_never_stops_the_run(site, tmp_path, start, end,
+                                                           retry_after):
+    with issued_behind_renewal_info_server(site, tmp_path) as server:
         first = pem_certificates(site.read('certificate', 'site.pem'))[0]
         server.window(start or in_days(-2), end or in_days(-1), retry_after)
         asked = len(server.asked)
@@ -189,8 +201,20 @@ def test_malformed_renewal_information_never_stops_the_run(site, tmp_path, start
         else:                                      # unusable: the lifetime rule decides
             assert renewed.serial_number == first.serial_number
             assert 'no usable suggestedWindow' in result.stdout
-    finally:
-        server.stop()
+
+
+def test_renewal_information_dripped_a_byte_at_a_time_is_bounded(site, tmp_path):
+    """A CA that answers renewal information one byte every half second (each read well
+    within requests' timeout) is given 10 seconds for the whole answer, not minutes: every
+    request to the CA is bounded in all."""
+    with issued_behind_renewal_info_server(site, tmp_path) as server:
+        server.window(in_days(30), in_days(31))
+        server.answer = (200, {}, server.answer[2] + b' ' * 200)     # a minute and more
+        server.drip = 0.5
+        result = site.run('--verbose', timeout=120)
+        assert_ok(result)
+        assert 'no whole answer within 10 seconds' in result.stdout
+        assert status_record(site)['run']['duration_seconds'] < 25
 
 
 def test_renewal_information_noted_by_a_clock_ahead_is_asked_again(site):
