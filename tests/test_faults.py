@@ -163,12 +163,6 @@ def in_days(days: float) -> str:
     return when.strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
-@pytest.mark.parametrize('start, end, retry_after', [
-    ('9999-12-31T23:59:59-23:59', '9999-12-31T23:59:59Z', None),
-    ('0001-01-01T00:00:00+01:00', '0001-01-02T00:00:00Z', None),
-    (None, None, '\u00b2'),
-    (None, None, '99999999999999999999')], ids=['year-10000', 'year-0', 'superscript-two',
-                                                'huge-retry'])
 @contextlib.contextmanager
 def issued_behind_renewal_info_server(site, tmp_path) -> Iterator[RenewalInfoServer]:
     """A certificate issued by Pebble through a directory whose renewal information the
@@ -185,6 +179,12 @@ def issued_behind_renewal_info_server(site, tmp_path) -> Iterator[RenewalInfoSer
         server.stop()
 
 
+@pytest.mark.parametrize('start, end, retry_after', [
+    ('9999-12-31T23:59:59-23:59', '9999-12-31T23:59:59Z', None),
+    ('0001-01-01T00:00:00+01:00', '0001-01-02T00:00:00Z', None),
+    (None, None, '\u00b2'),
+    (None, None, '99999999999999999999')], ids=['year-10000', 'year-0', 'superscript-two',
+                                                'huge-retry'])
 def test_malformed_renewal_information_never_stops_the_run(site, tmp_path, start, end,
                                                            retry_after):
     with issued_behind_renewal_info_server(site, tmp_path) as server:
