@@ -284,7 +284,8 @@ def test_damaged_state_file_is_rebuilt_not_a_crash(site, name, make):
     assert json.loads(site.read('resource', name))       # written anew, whole
 
 
-@pytest.mark.parametrize('content', ['{"kty": "oct", "k": "c2VjcmV0"}', DEEP, 'not json'])
+@pytest.mark.parametrize('content', ['{"kty": "oct", "k": "c2VjcmV0"}', DEEP, 'not json'],
+                         ids=['oct', 'deep', 'not-json'])
 def test_account_key_that_is_no_private_key_is_a_clear_error(site, content):
     http_certificate(site)
     assert_ok(site.run())
