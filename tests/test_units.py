@@ -626,3 +626,31 @@ def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
     keys_config = directories.private_keys
     assert m.rsa_keys_to_generate(directories.directories, keys_config, False) == [3072] * 3
     assert m.rsa_keys_to_generate(directories.directories, keys_config, True) == [3072] * 4
+
+
+def test_polling_grows_its_waits_honours_retry_after_and_stops_in_time(acmebot_module):
+    """The one polling policy: short waits doubling up to the limit, never sooner than a
+    Retry-After asked for, and no wait past the total."""
+    m = acmebot_module
+
+    class SteppedClock(m.Clock):
+        def __init__(self) -> None:
+            self.time, self.sleeps = 0.0, []
+
+        def monotonic(self) -> float:
+            return self.time
+
+        def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+            self.time += seconds
+
+    clock = SteppedClock()
+    polling = m.Polling(clock, 10.0, 2.0)
+    elapsed = []
+    for index, seconds in enumerate(polling):
+        elapsed.append(seconds)
+        if index == 2:
+            polling.at_least(3.0)          # Retry-After: 3
+    assert clock.sleeps == [0.25, 0.5, 3.0, 2.0, 2.0, 2.0, 0.25]
+    assert elapsed == [0.0, 0.25, 0.75, 3.75, 5.75, 7.75, 9.75, 10.0]
+    assert list(m.Polling(SteppedClock(), 0.0, 2.0)) == [0.0]         # one look, no wait
