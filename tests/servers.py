@@ -123,6 +123,20 @@ class Tsig:
         return f'key "{self.name}" {{\n\talgorithm {self.algorithm};\n\tsecret "{self.secret}";\n}};\n'
 
 
+def served_values(address: str, port: int, name: str, rdtype: str) -> list[str]:
+    """The values of name/rdtype a loopback DNS server answers with (TXT as text)."""
+    require_loopback(address)
+    response = dns.query.udp(dns.message.make_query(name, rdtype), address, port=port, timeout=2)
+    return [b''.join(rdata.strings).decode() if rdtype == 'TXT' else rdata.to_text()
+            for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype)
+            for rdata in rrset]
+
+
+def new_tsig(name: str, algorithm: str = 'hmac-sha256', size: int = 32) -> Tsig:
+    """A TSIG key with a fresh random secret of size bytes."""
+    return Tsig(name, algorithm, base64.b64encode(secrets.token_bytes(size)).decode())
+
+
 @dataclass
 class Bind:
     directory: str
@@ -132,15 +146,12 @@ class Bind:
     def start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         for algorithm in TSIG_ALGORITHMS:
-            size = 16 if algorithm == 'hmac-md5' else 32
-            self.keys[algorithm] = Tsig(f'{algorithm}-key.example.test', algorithm,
-                                        base64.b64encode(secrets.token_bytes(size)).decode())
-        self.keys['local'] = Tsig('local-reload', 'hmac-sha256',
-                                  base64.b64encode(secrets.token_bytes(32)).decode())
+            self.keys[algorithm] = new_tsig(f'{algorithm}-key.example.test', algorithm,
+                                            16 if algorithm == 'hmac-md5' else 32)
+        self.keys['local'] = new_tsig('local-reload')
         allow = ' '.join(f'key "{key.name}";' for key in self.keys.values())
         # Known to BIND but allowed to update nothing: its updates are REFUSED.
-        self.keys['refused'] = Tsig('refused-key.example.test', 'hmac-sha256',
-                                    base64.b64encode(secrets.token_bytes(32)).decode())
+        self.keys['refused'] = new_tsig('refused-key.example.test')
         zones = ''
         for zone in ZONES:
             with open(os.path.join(self.directory, f'{zone}.db'), 'w') as file:
@@ -169,16 +180,7 @@ controls {{ }};
 
     def query(self, name: str, rdtype: str) -> list[str]:
         """Values served by the test BIND (authoritative answers only)."""
-        response = dns.query.udp(dns.message.make_query(name, rdtype), BIND_ADDRESS, timeout=2)
-        values = []
-        for rrset in response.answer:
-            if rrset.rdtype == dns.rdatatype.from_text(rdtype):
-                for rdata in rrset:
-                    if rdtype == 'TXT':
-                        values.append(b''.join(rdata.strings).decode())
-                    else:
-                        values.append(rdata.to_text())
-        return values
+        return served_values(BIND_ADDRESS, PORTS['dns'], name, rdtype)
 
     def update(self, zone: str, add=(), delete=()) -> None:
         """Change records directly (as an operator would by hand): add holds
@@ -750,10 +752,6 @@ https://127.0.0.1:{self.port} {{
 # ---- Knot DNS and PowerDNS: RFC 2136 servers that answer differently from BIND ----------
 
 
-def new_tsig(name: str) -> Tsig:
-    return Tsig(name, 'hmac-sha256', base64.b64encode(secrets.token_bytes(32)).decode())
-
-
 def small_zone(zone: str) -> str:
     return f'''$ORIGIN {zone}.
 $TTL 60
@@ -778,11 +776,7 @@ class UpdateServer:
         self.process: subprocess.Popen | None = None
 
     def query(self, name: str, rdtype: str) -> list[str]:
-        response = dns.query.udp(dns.message.make_query(name, rdtype), BIND_ADDRESS,
-                                 port=self.port, timeout=2)
-        return [b''.join(rdata.strings).decode() if rdtype == 'TXT' else rdata.to_text()
-                for rrset in response.answer for rdata in rrset
-                if rrset.rdtype == dns.rdatatype.from_text(rdtype)]
+        return served_values(BIND_ADDRESS, self.port, name, rdtype)
 
     def launch(self, argv: list[str]) -> None:
         with open(os.path.join(self.directory, f'{self.name}.log'), 'w') as output:

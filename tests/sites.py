@@ -294,6 +294,11 @@ def common_name(cert: x509.Certificate) -> str | None:
     return names[0].value if names else None
 
 
+def run_record(site) -> dict:
+    """The run record acmebot left (resource/status.json)."""
+    return json.loads(site.read('resource', 'status.json'))
+
+
 def mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 

@@ -33,6 +33,7 @@ from sites import (
     http_certificate,
     later,
     pem_certificates,
+    run_record,
     san,
     service_calls,
     service_commands,
@@ -46,10 +47,6 @@ SMTP_SUBMISSION = 587             # a port acmebot speaks SMTP and STARTTLS to f
 def assert_no_crash(result):
     assert 'Traceback' not in result.stderr and 'internal error' not in result.stderr, \
         result.stderr
-
-
-def status_record(site):
-    return json.loads(site.read('resource', 'status.json'))
 
 
 # ---- commands and hooks --------------------------------------------------------------
@@ -77,7 +74,7 @@ def test_output_that_is_not_utf8_is_shown_safely_and_the_run_goes_on(site):
     assert service_calls(log) == ['dovecot']        # reloaded after the binary one
     with open(hook_log) as file:
         assert file.read() == 'ran\n'
-    record = status_record(site)['certificates']['site']['rsa']
+    record = run_record(site)['certificates']['site']['rsa']
     assert record['serial'] and record['last_attempt']['success'] is True
 
 
@@ -152,7 +149,7 @@ def test_verification_is_bounded_by_verify_timeout(site, port, behaviour):
     assert f'is not served by {HOSTILE_ADDRESS}:{port} for ' in result.stderr
     assert 'after 2 seconds: cannot get its certificate: ' in result.stderr
     # The whole run (issuance included) takes seconds; each check of 30 s before this.
-    assert status_record(site)['run']['duration_seconds'] < 15, result.stderr
+    assert run_record(site)['run']['duration_seconds'] < 15, result.stderr
 
 
 # ---- malformed renewal information ------------------------------------------------------
@@ -214,7 +211,7 @@ def test_renewal_information_dripped_a_byte_at_a_time_is_bounded(site, tmp_path)
         result = site.run('--verbose', timeout=120)
         assert_ok(result)
         assert 'no whole answer within 10 seconds' in result.stdout
-        assert status_record(site)['run']['duration_seconds'] < 25
+        assert run_record(site)['run']['duration_seconds'] < 25
 
 
 def test_renewal_information_noted_by_a_clock_ahead_is_asked_again(site):

@@ -20,13 +20,10 @@ from sites import (
     mode,
     parse_time,
     pem_certificates,
+    run_record,
 )
 
 UTC = datetime.timezone.utc
-
-
-def run_record(site) -> dict:
-    return json.loads(site.read('resource', 'status.json'))
 
 
 def status_json(site, *args: str):
