@@ -158,7 +158,8 @@ def test_certificate_records(acmebot_module, tmp_path):
     records.set_renewal_info('www', 'ID1', renewal_info(m, 1, 2))
     records.set_profile('www', 'ID2', 'shortlived')
     records.set_profile('gone', 'ID9', None)
-    records.save({'www': ['ID1', 'ID2']}, ['www', 'mail'])
+    records.keep('www', 'ID1', 'ID2')
+    records.save(['www', 'mail'])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     loaded = m.CertificateRecords.load(path)
     assert loaded.profile('www', 'ID1') == (True, 'classic')
@@ -166,15 +167,18 @@ def test_certificate_records(acmebot_module, tmp_path):
     assert loaded.renewal_info('www', 'ID2') is None
     assert 'gone' not in loaded.entries                      # no longer configured
     mtime = os.stat(path).st_mtime_ns
-    loaded.save({'www': ['ID1', 'ID2']}, ['www'])
+    loaded.keep('www', 'ID1', 'ID2')
+    loaded.save(['www'])
     assert os.stat(path).st_mtime_ns == mtime                 # unchanged: not rewritten
-    loaded.save({'www': ['ID2']}, ['www'])                    # ID1 was replaced
+    loaded.forget('www', 'ID1')                               # ID1 was replaced
+    loaded.save(['www'])
     assert list(m.CertificateRecords.load(path).entries['www']) == ['ID2']
     with open(path, 'w') as file:
         file.write('{"certificates": [')
     damaged = m.CertificateRecords.load(path)
     assert damaged.profile('www', 'ID2') == (False, None)    # unknown: no profile reissue
-    damaged.save({'www': []}, ['www'])
+    damaged.keep('www', None)                                # no certificate on disk
+    damaged.save(['www'])
     assert m.CertificateRecords.load(path).entries == {}
 
 
