@@ -152,7 +152,7 @@ def test_renewal_information_decides_when_present(acmebot_module, keys):
 def test_certificate_records(acmebot_module, tmp_path):
     m = acmebot_module
     path = str(tmp_path / 'resource' / 'certificates.json')
-    records = m.CertificateRecords.load(path)
+    records = m.CertificateNotes.load(path)
     assert records.profile('www', 'ID1') == (True, None)     # no record: issued under none
     records.set_profile('www', 'ID1', 'classic')
     records.set_renewal_info('www', 'ID1', renewal_info(m, 1, 2))
@@ -161,7 +161,7 @@ def test_certificate_records(acmebot_module, tmp_path):
     records.keep('www', 'ID1', 'ID2')
     records.save(['www', 'mail'])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
-    loaded = m.CertificateRecords.load(path)
+    loaded = m.CertificateNotes.load(path)
     assert loaded.profile('www', 'ID1') == (True, 'classic')
     assert loaded.renewal_info('www', 'ID1') == renewal_info(m, 1, 2)
     assert loaded.renewal_info('www', 'ID2') is None
@@ -172,14 +172,14 @@ def test_certificate_records(acmebot_module, tmp_path):
     assert os.stat(path).st_mtime_ns == mtime                 # unchanged: not rewritten
     loaded.forget('www', 'ID1')                               # ID1 was replaced
     loaded.save(['www'])
-    assert list(m.CertificateRecords.load(path).entries['www']) == ['ID2']
+    assert list(m.CertificateNotes.load(path).entries['www']) == ['ID2']
     with open(path, 'w') as file:
         file.write('{"certificates": [')
-    damaged = m.CertificateRecords.load(path)
+    damaged = m.CertificateNotes.load(path)
     assert damaged.profile('www', 'ID2') == (False, None)    # unknown: no profile reissue
     damaged.keep('www', None)                                # no certificate on disk
     damaged.save(['www'])
-    assert m.CertificateRecords.load(path).entries == {}
+    assert m.CertificateNotes.load(path).entries == {}
 
 
 def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
@@ -442,14 +442,50 @@ def test_changed_certificates(acmebot_module, tmp_path):
                          'b': {'alt_names': {'example.test': 'b'}, 'common_name': 'b.example.test'}}}}},
         str(tmp_path / 'acmebot.json'))
     key = config.private_keys[0]
-    d = config.directories
+    d = config.files
 
     def changed(kind, name):
-        return m.OutputFile(kind, m.output_path(d, kind, name), b'x', 0o644)
+        return m.OutputFile(kind, d.path(kind, name), b'x', 0o644)
     names = [[cert.name for cert in m.changed_certificates(d, key, files)] for files in (
         [], [changed(m.FileKind.FULL_KEY, 'b')], [changed(m.FileKind.PARAMETERS, 'a')],
         [changed(m.FileKind.HPKP_NGINX, 'k')], [changed(m.FileKind.BACKUP_KEY, 'k')])]
     assert names == [[], ['b'], ['a'], ['a', 'b'], ['a', 'b']]
+
+
+def test_file_names(acmebot_module, tmp_path):
+    m = acmebot_module
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'directories': {
+        name: str(tmp_path / name) for name in ('private_key', 'certificate', 'dhparam',
+                                                 'hpkp')}, 'private_keys': {'k': {
+        'certificates': {'a': {'alt_names': {'example.test': 'a'}, 'common_name': 'a.example.test',
+                               'key_types': ['rsa', 'ecdsa']},
+                         'b': {'alt_names': {'example.test': 'b'},
+                               'common_name': 'b.example.test'}}}}},
+        str(tmp_path / 'acmebot.json'))
+    files, key = config.files, config.private_keys[0]
+    a, b = key.certificates
+    kind = m.FileKind
+
+    def at(directory, name):
+        return str(tmp_path / directory / name)
+    # the seed's names while RSA is a name's only type; the type before the extension else
+    assert files.of(kind.CERTIFICATE, b, 'rsa') == at('certificate', 'b.pem')
+    assert files.of(kind.CERTIFICATE, a, 'rsa') == at('certificate', 'a.rsa.pem')
+    assert files.of(kind.FULL_KEY, a, 'ecdsa') == at('private_key', 'a_full.ecdsa.key')
+    assert files.of(kind.CHAIN_WITH_ROOT, a, 'ecdsa') == at('certificate', 'a+root.ecdsa.pem')
+    assert files.of(kind.BACKUP_KEY, key, 'ecdsa') == at('private_key', 'k_backup.ecdsa.key')
+    # one parameters file per certificate, HPKP files per key: never typed
+    assert files.of(kind.PARAMETERS, a, 'ecdsa') == at('dhparam', 'a.param')
+    assert files.of(kind.HPKP_NGINX, key, 'ecdsa') == at('hpkp', 'k.nginx')
+    assert m.FileNames.label('a', 'ecdsa', 'ecdsa') == 'a (ecdsa)'
+    assert m.FileNames.label('b', None, 'rsa') == 'b'
+    # every path under every naming: what the skip-unchanged fingerprint watches
+    every = set(files.every_path(key))
+    assert every >= {at('private_key', 'k.key'), at('private_key', 'k.rsa.key'),
+                     at('private_key', 'k.ecdsa.key'), at('hpkp', 'k.apache'),
+                     at('certificate', 'b.ecdsa.pem'), at('private_key', 'a_full.key'),
+                     at('dhparam', 'b.param')}
+    assert len(every) == 2 * 3 + 2 + 2 * (3 * 3 + 1)      # kinds x namings, deduplicated
 
 
 def authorization(m, name, wildcard=False):
@@ -628,8 +664,8 @@ def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
     (tmp_path / 'whole.key').write_text('x')
     (tmp_path / 'whole_backup.key').write_text('x')
     keys_config = directories.private_keys
-    assert m.rsa_keys_to_generate(directories.directories, keys_config, False) == [3072] * 3
-    assert m.rsa_keys_to_generate(directories.directories, keys_config, True) == [3072] * 4
+    assert m.rsa_keys_to_generate(directories.files, keys_config, False) == [3072] * 3
+    assert m.rsa_keys_to_generate(directories.files, keys_config, True) == [3072] * 4
 
 
 def test_polling_grows_its_waits_honours_retry_after_and_stops_in_time(acmebot_module):
