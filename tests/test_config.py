@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -340,21 +341,85 @@ def test_example_config_mentions_every_setting(acmebot_module):
                          'private_keys', 'authorizations', 'http_challenges',
                          'zone_update_keys', 'hooks'}
     assert set(data['hooks']) <= set(m.HOOK_EVENTS)
-    assert set(data['settings']) == set(m.DEFAULT_SETTINGS)
     assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
     assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}
     cert = data['certificates']['<www.example.org>']
-    assert set(cert) == {'common_name', 'alt_names', 'services', 'dhparam_size',
-                         'ecparam_curve', 'key_size', 'expiration_days', 'hpkp_days',
-                         'pin_subdomains', 'tlsa_records', 'renewal_days', 'profile',
-                         'preferred_chain', 'key_types', 'key_curve', 'verify'}
+    assert set(cert) - {setting.name for setting in m.SETTINGS} == {
+        'common_name', 'alt_names', 'services', 'tlsa_records', 'verify'}
     key = data['private_keys']['<example.com>']
-    assert set(key) == {'certificates', 'key_size', 'expiration_days', 'hpkp_days',
-                        'pin_subdomains', 'renewal_days', 'key_types', 'key_curve'}
+    assert set(key) - {setting.name for setting in m.SETTINGS} == {'certificates'}
     assert key['certificates']['<mail.example.com>']['profile'] == '<shortlived>'
     tlsa = key['certificates']['<example.com>']['tlsa_records']['<example.com>']['www']
     assert set(tlsa) == {'ports', 'usage', 'selector', 'protocol', 'ttl'}
     assert set(data['zone_update_keys']['<example.org>']) == {'file', 'server', 'port'}
+
+
+def bullet_head(item):
+    """A README bullet up to the colon that ends its names (not one in parentheses or
+    backquotes)."""
+    depth, quoted = 0, False
+    for index, char in enumerate(item):
+        if char == '`':
+            quoted = not quoted
+        elif not quoted and char in '()':
+            depth += 1 if char == '(' else -1
+        elif not quoted and not depth and char == ':':
+            return item[:index]
+    return item
+
+
+def readme_section(title):
+    """A section of README's Configuration chapter."""
+    with open(os.path.join(ROOT, 'README.md')) as file:
+        text = file.read()
+    start = text.index(f'\n### {title}\n', text.index('\n## Configuration\n'))
+    return text[start:text.index('\n##', start + 1)]
+
+
+def test_every_setting_is_declared_once_documented_and_shown(acmebot_module):
+    """The table of settings drives parsing, defaults and inheritance; README's Settings
+    section documents exactly its settings with their defaults, Certificates and Private Keys
+    the levels where they may be set again, and the example shows each at every level."""
+    m = acmebot_module
+    table = {setting.name: setting for setting in m.SETTINGS}
+    assert len(table) == len(m.SETTINGS)
+    # the typed view of the section: the table's settings, and the ids of the file owner
+    assert {field.name for field in dataclasses.fields(m.Settings)} == \
+        set(table) | {'file_uid', 'file_gid'}
+    documented = {}
+    for item in readme_section('Settings').split('\n* ')[1:]:
+        for name, default in re.findall(r'`([a-z_]+)`(?: \(default `([^`]*)`)?',
+                                        bullet_head(item)):
+            documented[name] = default
+    assert set(documented) == set(table), set(documented) ^ set(table)
+    for name, default in documented.items():
+        if default:             # the default as README writes it is the table's, as JSON
+            assert json.loads(default) == json.loads(json.dumps(table[name].default)), name
+    levels = {name: set(setting.levels) for name, setting in table.items()}
+    certificates = readme_section('Certificates')
+    per_certificate = re.search(r'\n\* ((?:`[a-z_]+`,?\s+)+)`([a-z_]+)`: as in\s+Settings',
+                                certificates)
+    assert per_certificate is not None
+    assert set(re.findall(r'`([a-z_]+)`', per_certificate.group(0))) == {
+        name for name, at in levels.items() if at}
+    keys = readme_section('Private Keys')
+    key_only = re.search(r'Key settings \(([^)]*)\)', keys).group(1)
+    assert set(re.findall(r'`([a-z_]+)`', key_only)) == {
+        name for name, at in levels.items() if at == {m.AT_KEY}}
+    both = re.search(r'\n(`[a-z_]+`(?:, `[a-z_]+`)* and `[a-z_]+`) may be given in both', keys)
+    assert set(re.findall(r'`([a-z_]+)`', both.group(1))) == {
+        name for name, at in levels.items() if at == {m.AT_KEY, m.AT_CERTIFICATE}}
+    with open(EXAMPLE) as file:
+        example = json.load(file)
+    assert set(example['settings']) == set(table)
+    # a certificate with its own private key takes every setting of either level
+    assert set(example['certificates']['<www.example.org>']) & set(table) == {
+        name for name, at in levels.items() if at}
+    key = example['private_keys']['<example.com>']
+    assert set(key) & set(table) <= {name for name, at in levels.items() if m.AT_KEY in at}
+    for cert in key['certificates'].values():
+        assert set(cert) & set(table) <= {
+            name for name, at in levels.items() if m.AT_CERTIFICATE in at}
 
 
 def test_tsig_key_file_forms(acmebot_module, tmp_path):
