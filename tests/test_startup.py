@@ -3,6 +3,7 @@ of the ACME and HTTP libraries (README: Performance)."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import stat
@@ -29,6 +30,17 @@ def test_help_and_version_import_no_library(option, tmp_path):
     assert 'acmebot' in result.stdout
     loaded = imported(result.stderr)
     assert not loaded & {*LIBRARIES, 'dns', 'cryptography'}, loaded
+
+
+def test_version_is_the_one_setup_cfg_declares(tmp_path):
+    """The version is written in the script (--version, the User-Agent) and in setup.cfg:
+    setuptools' attr: cannot read a script without .py, and reading the installed metadata
+    would cost --version some 60 ms of imports. They must agree."""
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(ACMEBOT), 'setup.cfg'))
+    result = subprocess.run([sys.executable, ACMEBOT, '--version'], capture_output=True,
+                            text=True, cwd=tmp_path, check=True)
+    assert result.stdout.split() == ['acmebot', config['metadata']['version']]
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])

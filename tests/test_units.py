@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import datetime
 import hashlib
+import logging
 import os
 import stat
 import subprocess
@@ -694,3 +695,48 @@ def test_polling_grows_its_waits_honours_retry_after_and_stops_in_time(acmebot_m
     assert clock.sleeps == [0.25, 0.5, 3.0, 2.0, 2.0, 2.0, 0.25]
     assert elapsed == [0.0, 0.25, 0.75, 3.75, 5.75, 7.75, 9.75, 10.0]
     assert list(m.Polling(SteppedClock(), 0.0, 2.0)) == [0.0]         # one look, no wait
+
+
+def test_run_outcome_logs_each_failure_once_and_derives_the_rest(acmebot_module, tmp_path,
+                                                                  caplog):
+    m = acmebot_module
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'private_keys': {'k': {
+        'certificates': {name: {'alt_names': {'example.test': name},
+                                'common_name': f'{name}.example.test'} for name in 'ab'}}}},
+        str(tmp_path / 'acmebot.json'))
+    key = config.private_keys[0]
+    a, b = (m.CertificateState(cert, None, ['no certificate is installed'])
+            for cert in key.certificates)
+    state = m.KeyState(key, {}, [a, b])
+    outcome = m.RunOutcome()
+    assert outcome.exit_status == m.EXIT_OK
+    zone = m.DNSError('adding challenge records in zone example.test: REFUSED')
+    outcome.problem(zone)
+    a.fail(m.Consequence('the challenge record could not be published in zone example.test',
+                         zone))
+    a.fail(m.AcmeError('not ordered'))              # a certificate keeps its first reason
+    outcome.certificate_failed(state, a)
+    b.issued = True
+    outcome.install_failed(state, m.FileError('No space left on device: /etc/ssl/certs'))
+    errors = [record.getMessage() for record in caplog.records
+              if record.levelno >= logging.ERROR]
+    pointer = 'the challenge record could not be published in zone example.test (reported above)'
+    assert errors == ['adding challenge records in zone example.test: REFUSED',
+                      f'k: certificate a: {pointer}',
+                      'k: No space left on device: /etc/ssl/certs']   # said once, for the key
+    # the renewal_failed hooks and the run record take these: b fails with its key's error
+    assert [(failure.cert.name, failure.key_type, str(failure.error))
+            for failure in outcome.failures] == [
+        ('a', 'rsa', pointer),
+        ('b', 'rsa', 'No space left on device: /etc/ssl/certs')]
+    assert outcome.exit_status == m.EXIT_FAILURE
+    # a key that failed before its certificates were looked at fails all of them
+    early = m.RunOutcome()
+    early.key_failed(key, m.FileError('cannot read /etc/ssl/private/k.key'))
+    assert [failure.cert.name for failure in early.failures] == ['a', 'b']
+    # a certificate its servers do not present fails the run, once per certificate name
+    served = m.RunOutcome()
+    served.not_served(key.certificates[0], m.VerificationError('not served by host:443'))
+    served.not_served(key.certificates[0], m.VerificationError('not served by host:25'))
+    assert str(served.unserved['a']) == 'not served by host:443'
+    assert not served.failures and served.exit_status == m.EXIT_FAILURE
