@@ -208,8 +208,20 @@ def test_authorizations_keep_only_answerable_challenges(acmebot_module):
                         'status': 'pending'}
                        for kind in ('http-01', 'tls-alpn-01', 'dns-01', 'dns-account-01')]})
     kept = m._answerable(body)
-    assert [challb.chall.typ for challb in kept.challenges] == ['http-01', 'dns-01']
+    assert [m.challenge_type(challb) for challb in kept.challenges] == [
+        'http-01', 'dns-01', 'dns-account-01']
     assert kept.identifier == body.identifier and kept.status == body.status
+
+
+def test_dns_account_label(acmebot_module):
+    """draft-ietf-acme-dns-account-label's example: the account
+    https://example.com/acme/acct/ExampleAccount has the label _ujmmovf2vn55tgye."""
+    m = acmebot_module
+    label = m.dns_account_label('https://example.com/acme/acct/ExampleAccount')
+    assert label == '_ujmmovf2vn55tgye'
+    assert m.challenge_record_name('www.example.org', label) == \
+        '_ujmmovf2vn55tgye._acme-challenge.www.example.org'
+    assert m.challenge_record_name('www.example.org') == '_acme-challenge.www.example.org'
 
 
 def test_ec_parameters(acmebot_module):
