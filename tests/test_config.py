@@ -119,6 +119,18 @@ def test_configuration_error_exits_2_and_creates_nothing(tmp_path):
     ({'settings__ecparam_curve': 'secp999'}, r'settings\.ecparam_curve: expected null or one of'),
     ({'settings__dns_resolvers': ['ns.example']}, r'settings\.dns_resolvers\[0\]: expected an IP'),
     ({'settings__file_group': 'no-such-group-x'}, r'settings\.file_group: no such group'),
+    ({'settings__persist_accounts': ['acct/1']},
+     r'settings\.persist_accounts\[0\]: expected the URL of an ACME account .*"acct/1"'),
+    ({'settings__persist_accounts': ['https://ca/acct/1; policy=wildcard']},
+     r'settings\.persist_accounts\[0\]: expected the URL of an ACME account'),
+    ({'settings__persist_days': 36501},
+     r'settings\.persist_days: expected a whole number from 0 to 36500, got 36501'),
+    ({'settings__dns_challenge': 'dns-persist-01'},
+     r'settings\.dns_challenge: expected one of dns-01, dns-account-01, got "dns-persist-01"'),
+    ({'persistent_authorizations': {'example.test': ['bad host!']}},
+     r'persistent_authorizations\.example\.test\[0\]: '),
+    ({'persistent_authorizations': {'-bad-.test': ['@']}},
+     r'persistent_authorizations\.-bad-\.test: '),
     ({'account__email': 'not-an-address'}, r'account\.email: "not-an-address" is not an email'),
     ({'account__eab_kid': 'kid'}, r'account\.eab_hmac_key: eab_kid and eab_hmac_key must be'),
     ({'directories__archives': '/tmp/x'}, r'directories\.archives: unknown setting'),
@@ -339,7 +351,7 @@ def test_example_config_mentions_every_setting(acmebot_module):
         data = json.load(file)
     assert set(data) == {'account', 'settings', 'directories', 'services', 'certificates',
                          'private_keys', 'authorizations', 'http_challenges',
-                         'zone_update_keys', 'hooks'}
+                         'zone_update_keys', 'hooks', 'persistent_authorizations'}
     assert set(data['hooks']) <= set(m.HOOK_EVENTS)
     assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
     assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}

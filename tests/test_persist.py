@@ -1,5 +1,7 @@
 """Validation methods beyond dns-01, end to end against Pebble 2.10 and BIND: dns-account-01
-(draft-ietf-acme-dns-account-label), with the records under the account's own label."""
+(draft-ietf-acme-dns-account-label), with the records under the account's own label, and
+dns-persist-01 (draft-ietf-acme-dns-persist): persistent authorizations kept by a master and
+used by a slave with its own account (the test Pebble reuses no authorization)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import hashlib
 import json
 import os
 import re
+import time
 
 from sites import (
+    Site,
     assert_no_challenge_records,
     assert_ok,
     dns_certificate,
@@ -83,3 +87,92 @@ def test_status_shows_the_account(site):
     assert f'\naccount: {url}\n' in result.stdout
     result = site.run('--status', '--json', write=False)
     assert json.loads(result.stdout)['account'] == url
+
+
+# ---- dns-persist-01 ------------------------------------------------------------------
+
+
+ISSUER = 'pebble.letsencrypt.org'        # the test Pebble's meta.caaIdentities
+
+
+def persistent_site(site, base: str, zone: str = 'example.test', updates: bool = True):
+    """A certificate for base, *.base and www.base, all in persistent_authorizations;
+    with updates, the zone's update key (and a log of every update sent)."""
+    names = [base, f'*.{base}', f'www.{base}']
+    site.config['persistent_authorizations'] = {zone: names}
+    site.config['certificates'] = {'site': {'common_name': f'{base}.{zone}',
+                                            'alt_names': {zone: names}}}
+    log = os.path.join(site.root, 'nsupdate.log')
+    if updates:
+        site.config['zone_update_keys'] = {zone: site.update_key()}
+        site.config['settings']['nsupdate_command'] = f'{HERE}/nsupdate_logged.sh {log}'
+    return [f'{name}.{zone}' for name in names], log
+
+
+def test_persistent_authorizations_publish_once_and_issue_without_challenge_records(site):
+    hosts, log = persistent_site(site, f'pa-{site.tag}')
+    other = f'{ISSUER}; accounturi=https://127.0.0.1:14000/my-account/1'   # not acmebot's
+    owner, www_owner = (f'_validation-persist.{hosts[0]}', f'_validation-persist.{hosts[2]}')
+    site.env.bind.update('example.test', add=[(owner, 300, 'TXT', f'"{other}"')])
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert result.stdout.count('authorized by dns-persist-01') == 3
+    assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == set(hosts)
+    url = account_url(site)
+    # '*' and the base name share one record with policy=wildcard; the other account's stays
+    assert sorted(site.env.bind.query(owner, 'TXT')) == sorted(
+        [other, f'{ISSUER}; accounturi={url}; policy=wildcard'])
+    assert site.env.bind.query(www_owner, 'TXT') == [f'{ISSUER}; accounturi={url}']
+    with open(log) as file:
+        text = file.read()
+    assert text.count('args: -k ') == 1                  # one update for the zone
+    assert '_acme-challenge' not in text
+    os.unlink(log)
+    # With the records in place (and no authorization reuse), a renewal changes no DNS.
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert result.stdout.count('authorized by dns-persist-01') == 3
+    assert not os.path.exists(log)
+    # A name taken out of the section loses the record acmebot published; others stay.
+    site.config['persistent_authorizations'] = {'example.test': [hosts[0].split('.')[0]]}
+    assert_ok(site.run())
+    assert site.env.bind.query(www_owner, 'TXT') == []
+    assert sorted(site.env.bind.query(owner, 'TXT')) == sorted(
+        [other, f'{ISSUER}; accounturi={url}'])             # no wildcard listed: no policy
+    assert_no_challenge_records(site, hosts)
+
+
+def test_persist_days_sets_persist_until(site):
+    hosts, _ = persistent_site(site, f'pu-{site.tag}')
+    site.config['settings']['persist_days'] = 30
+    assert_ok(site.run())
+    [value] = site.env.bind.query(f'_validation-persist.{hosts[2]}', 'TXT')
+    until = int(re.fullmatch(rf'{re.escape(ISSUER)}; accounturi=\S+; persistUntil=(\d+)',
+                             value).group(1))
+    assert abs(until - (time.time() + 30 * 86400)) < 600
+
+
+def test_slave_with_its_own_account_issues_once_the_master_publishes_its_record(
+        site, environment, tmp_path):
+    base = f'ps-{site.tag}'
+    hosts, _ = persistent_site(site, base)
+    assert_ok(site.run())                                 # the master: records, certificate
+    slave = Site(environment, str(tmp_path / 'slave'))
+    persistent_site(slave, base, updates=False)           # no DNS credentials at all
+    result = slave.run()
+    assert result.returncode == 1
+    slave_url = account_url(slave)
+    assert slave_url != account_url(site)
+    # the exact record to publish, with the slave's account
+    assert (f'publish in zone example.test: _validation-persist.{hosts[0]}. TXT '
+            f'"{ISSUER}; accounturi={slave_url}; policy=wildcard"') in result.stderr
+    assert (f'_validation-persist.{hosts[2]}. TXT "{ISSUER}; accounturi={slave_url}"'
+            in result.stderr)
+    assert not os.path.exists(slave.path('certificate', 'site.pem'))
+    site.config['settings']['persist_accounts'] = [slave_url]
+    assert_ok(site.run())
+    result = slave.run('--verbose')
+    assert_ok(result)
+    assert result.stdout.count('authorized by dns-persist-01') == 3
+    assert san(pem_certificates(slave.read('certificate', 'site.pem'))[0]) == set(hosts)
+    assert_no_challenge_records(site, hosts)

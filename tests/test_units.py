@@ -752,3 +752,32 @@ def test_run_outcome_logs_each_failure_once_and_derives_the_rest(acmebot_module,
     served.not_served(key.certificates[0], m.VerificationError('not served by host:25'))
     assert str(served.unserved['a']) == 'not served by host:443'
     assert not served.failures and served.exit_status == m.EXIT_FAILURE
+
+
+def test_persist_records(acmebot_module):
+    """dns-persist-01 values as draft-ietf-acme-dns-persist writes them, and what a served
+    value must hold to authorize an account for a name."""
+    m = acmebot_module
+    url = 'https://ca.test/acct/1'
+    assert m.persist_record_name('*.example.org') == '_validation-persist.example.org'
+    assert m.persist_record('authority.example', url) == \
+        'authority.example; accounturi=https://ca.test/acct/1'
+    wildcard = m.persist_record('authority.example', url, True, 1721952000)
+    assert wildcard == ('authority.example; accounturi=https://ca.test/acct/1; '
+                        'policy=wildcard; persistUntil=1721952000')
+    assert m.parse_persist_record('Authority.Example.; AccountURI=x;Policy=Wildcard') == (
+        'authority.example', {'accounturi': 'x', 'policy': 'Wildcard'})
+    assert m.parse_persist_record('authority.example; accounturi') is None
+    assert m.parse_persist_record('v=spf1 -all') is None
+    fits = m.persist_record_fits
+    assert fits(wildcard, ['AUTHORITY.example'], url, True, 1721951999)
+    assert not fits(wildcard, ['authority.example'], url, True, 1721952000)   # expired
+    assert not fits(wildcard, ['other.example'], url, False, 0)              # another CA
+    assert not fits(wildcard, ['authority.example'], url + '2', False, 0)    # another account
+    assert fits(m.persist_record('authority.example', url), ['authority.example'], url,
+                False, 0)
+    assert not fits(m.persist_record('authority.example', url), ['authority.example'], url,
+                    True, 0)                     # a wildcard needs policy=wildcard
+    long_url = 'https://ca.test/acct/' + 'x' * 300
+    text = m._txt_text(m.persist_record('authority.example', long_url))
+    assert text.count('" "') == 1 and all(len(part) <= 257 for part in text.split(' "'))
