@@ -123,6 +123,9 @@ def test_persistent_authorizations_publish_once_and_issue_without_challenge_reco
     assert sorted(site.env.bind.query(owner, 'TXT')) == sorted(
         [other, f'{ISSUER}; accounturi={url}; policy=wildcard'])
     assert site.env.bind.query(www_owner, 'TXT') == [f'{ISSUER}; accounturi={url}']
+    status = site.run('--status', write=False).stdout
+    for host in hosts:
+        assert f'persistent authorization {host}: served at ' in status, status
     with open(log) as file:
         text = file.read()
     assert text.count('args: -k ') == 1                  # one update for the zone
@@ -169,10 +172,32 @@ def test_slave_with_its_own_account_issues_once_the_master_publishes_its_record(
     assert (f'_validation-persist.{hosts[2]}. TXT "{ISSUER}; accounturi={slave_url}"'
             in result.stderr)
     assert not os.path.exists(slave.path('certificate', 'site.pem'))
+    # --status tells what the last run found, per name, without asking the DNS
+    status = slave.run('--status', write=False).stdout
+    assert f'account: {slave_url}' in status
+    assert re.search(rf'persistent authorization {re.escape(hosts[2])}: NOT SERVED at \S+: '
+                     r'.*serves? no dns-persist-01 record for this account', status), status
     site.config['settings']['persist_accounts'] = [slave_url]
     assert_ok(site.run())
     result = slave.run('--verbose')
     assert_ok(result)
     assert result.stdout.count('authorized by dns-persist-01') == 3
     assert san(pem_certificates(slave.read('certificate', 'site.pem'))[0]) == set(hosts)
+    shown = json.loads(slave.run('--status', '--json', write=False).stdout)
+    assert [(entry['name'], entry['served']) for entry in
+            shown['persistent_authorizations']] == [(host, True) for host in hosts]
     assert_no_challenge_records(site, hosts)
+
+
+def test_a_ca_that_cannot_be_reached_is_reported_once(site):
+    persistent_site(site, f'pr-{site.tag}')
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/directory'
+    result = site.run()
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR')]
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith('ERROR: persistent authorizations: fetching the ACME directory '
+                                'https://127.0.0.1:9/directory')
+    assert errors[1] == ('ERROR: site: certificate site: not ordered: the CA could not be used '
+                         '(reported above)')
+    assert 'Traceback' not in result.stderr

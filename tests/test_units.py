@@ -781,3 +781,10 @@ def test_persist_records(acmebot_module):
     long_url = 'https://ca.test/acct/' + 'x' * 300
     text = m._txt_text(m.persist_record('authority.example', long_url))
     assert text.count('" "') == 1 and all(len(part) <= 257 for part in text.split(' "'))
+    # a record acmebot keeps: the same form, and with persist_days more than half left
+    keep = m._persist_value_is
+    assert keep(wildcard, 'authority.example', url, True, 1721952000, 1721951999)
+    assert not keep(wildcard, 'authority.example', url, True, 1721952000, 1721952000)   # stale
+    assert not keep(wildcard, 'authority.example', url, True, None, 0)     # end not wanted
+    assert not keep(wildcard, 'authority.example', url, False, 1721952000, 0)  # policy differs
+    assert keep(wildcard, 'authority.example', url, None, None, 0)          # any form: replace
