@@ -201,3 +201,22 @@ def test_a_ca_that_cannot_be_reached_is_reported_once(site):
     assert errors[1] == ('ERROR: site: certificate site: not ordered: the CA could not be used '
                          '(reported above)')
     assert 'Traceback' not in result.stderr
+
+
+def test_persistent_authorization_of_a_zone_apex_and_its_wildcard(site):
+    zone = 'other.test'
+    site.config['zone_update_keys'] = {zone: site.update_key()}
+    site.config['persistent_authorizations'] = {zone: ['@', '*']}
+    site.config['certificates'] = {'apex': {'common_name': zone,
+                                            'alt_names': {zone: ['@', '*']}}}
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert result.stdout.count('authorized by dns-persist-01') == 2
+    assert san(pem_certificates(site.read('certificate', 'apex.pem'))[0]) == {
+        zone, f'*.{zone}'}
+    assert site.env.bind.query(f'_validation-persist.{zone}', 'TXT') == [
+        f'{ISSUER}; accounturi={account_url(site)}; policy=wildcard']
+    site.config['persistent_authorizations'] = {}         # and the record goes again
+    assert_ok(site.run())
+    assert site.env.bind.query(f'_validation-persist.{zone}', 'TXT') == []
+    assert_no_challenge_records(site, [zone])
