@@ -220,3 +220,30 @@ def test_persistent_authorization_of_a_zone_apex_and_its_wildcard(site):
     assert_ok(site.run())
     assert site.env.bind.query(f'_validation-persist.{zone}', 'TXT') == []
     assert_no_challenge_records(site, [zone])
+
+
+def test_a_record_near_its_persist_until_is_renewed_and_the_old_one_removed(site):
+    hosts, _ = persistent_site(site, f'pn-{site.tag}')
+    site.config['settings']['persist_days'] = 30
+    assert_ok(site.run())
+    owner = f'_validation-persist.{hosts[2]}'
+    [first] = site.env.bind.query(owner, 'TXT')
+    # As if published 20 days ago: 10 days left, less than half of persist_days.
+    soon = int(time.time()) + 10 * 86400
+    old = re.sub(r'persistUntil=\d+', f'persistUntil={soon}', first)
+    site.env.bind.update('example.test', delete=[(owner, 'TXT')],
+                         add=[(owner, 3600, 'TXT', f'"{old}"')])
+    path = site.path('resource', 'persistent.json')
+    with open(path) as file:
+        published = json.load(file)
+    published['records']['example.test'][owner] = [old]
+    with open(path, 'w') as file:
+        json.dump(published, file)
+    assert_ok(site.run())
+    [renewed] = site.env.bind.query(owner, 'TXT')
+    until = int(re.search(r'persistUntil=(\d+)', renewed).group(1))
+    assert abs(until - (time.time() + 30 * 86400)) < 600
+    assert renewed.split('; persistUntil=')[0] == old.split('; persistUntil=')[0]
+    # with more than half left, the next run leaves it as it is
+    assert_ok(site.run())
+    assert site.env.bind.query(owner, 'TXT') == [renewed]
