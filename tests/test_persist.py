@@ -247,3 +247,30 @@ def test_a_record_near_its_persist_until_is_renewed_and_the_old_one_removed(site
     # with more than half left, the next run leaves it as it is
     assert_ok(site.run())
     assert site.env.bind.query(owner, 'TXT') == [renewed]
+
+
+def test_local_zone_names_the_record_to_add_and_then_uses_it(site):
+    """A zone updated by reload_zone_command cannot carry the record through its challenge
+    file: every run checks it and names the record; once the operator has added it, the
+    names are validated by dns-persist-01."""
+    reloads = local_zone_site(site)
+    host = site.host('pl', 'local.test')
+    site.config['persistent_authorizations'] = {'local.test': [host.split('.')[0]]}
+    site.config['certificates'] = {'local': {'common_name': host,
+                                             'alt_names': {'local.test': [host.split('.')[0]]}}}
+    result = site.run()
+    assert result.returncode == 1
+    url = account_url(site)
+    record = f'_validation-persist.{host}. TXT "{ISSUER}; accounturi={url}"'
+    warnings = [line for line in result.stderr.splitlines() if line.startswith('WARNING')]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f'WARNING: persistent authorization {host}: ') and record in warnings[0]
+    assert f'ERROR: local: certificate local: authorization failed for {host}: ' in result.stderr
+    assert not os.path.exists(reloads)                   # no challenge file, no reload
+    site.env.bind.update('local.test', add=[(f'_validation-persist.{host}', 3600, 'TXT',
+                                             f'"{ISSUER}; accounturi={url}"')])
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'WARNING' not in result.stderr
+    assert f'{host}: authorized by dns-persist-01' in result.stdout
+    assert not os.path.exists(reloads)

@@ -788,3 +788,23 @@ def test_persist_records(acmebot_module):
     assert not keep(wildcard, 'authority.example', url, True, None, 0)     # end not wanted
     assert not keep(wildcard, 'authority.example', url, False, 1721952000, 0)  # policy differs
     assert keep(wildcard, 'authority.example', url, None, None, 0)          # any form: replace
+
+
+def test_dns_persist_challenge_without_issuer_domain_fails_clearly(acmebot_module):
+    """A CA whose dns-persist-01 challenge names no issuer domain: no record can match, and
+    the certificate's error says so (before any DNS lookup)."""
+    m = acmebot_module
+    body = m.acme_messages.Authorization.from_json({
+        'status': 'pending', 'identifier': {'type': 'dns', 'value': 'www.example.test'},
+        'challenges': [{'type': 'dns-persist-01', 'url': 'https://ca.test/c', 'status': 'pending'}]})
+    authzr = m.acme_messages.AuthorizationResource(body=body, uri='https://ca.test/a')
+    challenge = m.PendingChallenge(authzr, body.challenges[0], m.ChallengeType.DNS_PERSIST_01,
+                                   'example.test', m.acme_challenges.DNS01Response(), '',
+                                   record_name='_validation-persist.www.example.test')
+    ctx = types.SimpleNamespace(
+        acme=types.SimpleNamespace(registration=types.SimpleNamespace(uri='https://ca/acct/1')),
+        clock=m.Clock(), dns=None, persistent_seen={})
+    [(label, error)] = m.check_persistent_records(ctx, [challenge]).items()
+    assert label == 'www.example.test'
+    assert str(error) == ("the CA's dns-persist-01 challenge for www.example.test names no "
+                          'issuer domain (issuer-domain-names), so no record can match it')
