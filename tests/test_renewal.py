@@ -20,6 +20,7 @@ from sites import (
     load_key,
     parse_time,
     pem_certificates,
+    run_record,
 )
 
 RENEWAL_INFO = 'GET /draft-ietf-acme-ari-03/renewalInfo/'
@@ -163,6 +164,44 @@ def test_explanation_url_is_printed_with_the_renewal(site):
         'certificate site: the CA suggests renewing it now; see '
         'https://ca.example.test/incident-42')
     assert 'issued certificate site' in result.stdout
+
+
+def test_explanation_url_stays_in_the_run_record_until_renewed(site):
+    """A renewal the CA asked for with an explanation that fails (here the CA cannot be
+    reached) keeps the explanation in the run record and --status, so a monitoring check
+    sees why; the renewal that succeeds drops it."""
+    http_certificate(site)
+    assert_ok(site.run())
+    data = json.loads(site.read('resource', 'certificates.json'))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for entry in data['certificates']['site'].values():
+        entry['renewal_info'] = {
+            'window_start': f'{now - datetime.timedelta(days=2):%Y-%m-%dT%H:%M:%SZ}',
+            'window_end': f'{now - datetime.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}',
+            'renewal_time': f'{now - datetime.timedelta(days=1.5):%Y-%m-%dT%H:%M:%SZ}',
+            'explanation_url': 'https://ca.example.test/incident-43',
+            'next_check': f'{now + datetime.timedelta(hours=5):%Y-%m-%dT%H:%M:%SZ}'}
+    with open(site.path('resource', 'certificates.json'), 'w') as file:
+        json.dump(data, file)
+    directory = site.config['settings']['acme_directory_url']
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/directory'
+    result = site.run()
+    assert result.returncode == 1
+    assert run_record(site)['certificates']['site']['rsa']['explanation_url'] == \
+        'https://ca.example.test/incident-43'
+    status = site.run('--status', write=False)
+    assert status.returncode == 1            # past its renewal time, the last attempt failed
+    assert 'the CA asks for early renewal: https://ca.example.test/incident-43' in \
+        status.stdout
+    shown = json.loads(site.run('--status', '--json', write=False).stdout)
+    assert shown['certificates'][0]['explanation_url'] == 'https://ca.example.test/incident-43'
+    assert site.run().returncode == 1        # still failing: still explained
+    assert run_record(site)['certificates']['site']['rsa']['explanation_url']
+    site.config['settings']['acme_directory_url'] = directory
+    assert_ok(site.run())
+    assert run_record(site)['certificates']['site']['rsa']['explanation_url'] is None
+    shown = json.loads(site.run('--status', '--json', write=False).stdout)
+    assert shown['certificates'][0]['explanation_url'] is None
 
 
 def revoke_with_account(site, cert):
