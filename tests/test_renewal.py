@@ -379,3 +379,41 @@ def test_certificate_from_another_ca(site, profiles_pebble):
     result = site.run('--renew', '--verbose')
     assert_ok(result)
     assert 'ordering without "replaces"' in result.stdout
+
+
+def test_failing_renewals_back_off_and_renew_tries_at_once(site):
+    """A renewal that fails runs in a row is retried after an hour, then two, ... (an hourly
+    timer must not drive the account into the CA's pause); --renew tries at once."""
+    http_certificate(site)
+    assert_ok(site.run())
+    ask_for_early_renewal(site, 'https://ca.example.test/incident-44')
+    directory = site.config['settings']['acme_directory_url']
+    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/directory'
+
+    def entry():
+        return run_record(site)['certificates']['site']['rsa']
+
+    assert site.run().returncode == 1
+    assert entry()['failed_runs'] == 1
+    assert entry()['renewal']['reason'] == 'the last attempt failed: it is retried on the ' \
+        'next run'
+    assert site.run().returncode == 1
+    second = entry()
+    assert second['failed_runs'] == 2
+    retry = parse_time(second['renewal']['time'])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert abs((retry - now).total_seconds() - 3600) < 120
+    assert second['renewal']['reason'].startswith('the last 2 attempts failed: it is retried at')
+    held = site.run('--verbose')                  # an hour has not passed: no attempt
+    assert_ok(held)
+    assert 'the last attempts failed: retried at' in held.stdout
+    assert entry()['last_attempt'] == second['last_attempt'] and entry()['failed_runs'] == 2
+    status = site.run('--status', write=False)
+    assert status.returncode == 1 and 'the last attempts failed: retried at' in status.stdout
+    assert site.run(prefix=later(1.5 / 24)).returncode == 1     # after the hour: tried
+    assert entry()['failed_runs'] == 3
+    assert site.run('--renew').returncode == 1                  # at once, whatever the pause
+    assert entry()['failed_runs'] == 4
+    site.config['settings']['acme_directory_url'] = directory
+    assert_ok(site.run('--renew'))
+    assert entry()['failed_runs'] == 0 and entry()['last_attempt']['success'] is True
