@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from ca_proxy import CaProxy
 from servers import (
     DAY,
     PEBBLE_2_4,
+    PORTS,
     Caddy,
     Environment,
     Knot,
@@ -92,6 +94,25 @@ def chains_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFac
     """A Pebble that offers an alternate chain to a second root."""
     yield from started_pebble(tmp_path_factory, 'pebble-chains',
                               env={'PEBBLE_ALTERNATE_ROOTS': '1'})
+
+
+@pytest.fixture(scope='session')
+def fallback_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Pebble]:
+    """A second CA: its own roots and its own issuer domain name (meta.caaIdentities)."""
+    yield from started_pebble(tmp_path_factory, 'pebble-fallback',
+                              caa_identities=('pebble2.test',))
+
+
+@pytest.fixture
+def proxy(environment: Environment) -> Iterator[CaProxy]:
+    """A CA that can fail on demand: a proxy in front of the shared Pebble (ca_proxy.py)."""
+    proxy = CaProxy(environment.pebble, PORTS['ca-proxy'])
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope='session')

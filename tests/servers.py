@@ -55,6 +55,8 @@ PORTS = {
     'pebble-profiles': 14004, 'pebble-profiles-management': 15004,  # classic and shortlived
     'pebble-2.4': 14005, 'pebble-2.4-management': 15005,         # no ARI, no profiles
     'pebble-chains': 14006, 'pebble-chains-management': 15006,   # alternate chains
+    'pebble-fallback': 14007, 'pebble-fallback-management': 15007,  # a second CA
+    'ca-proxy': 14008,                          # tests/ca_proxy.py, before the shared Pebble
     'caddy': 14100,                             # Caddy's ACME server (smallstep CA)
     'knot': 5301, 'powerdns': 5302,             # RFC 2136 servers beside BIND
     'nginx': 8443, 'apache': 8444,
@@ -263,6 +265,7 @@ class Pebble:
     blocklist: tuple[str, ...] = ()
     profiles: dict[str, int] = field(default_factory=dict)   # name: validity in seconds
     validity: int = CERTIFICATE_VALIDITY                      # without profiles, in seconds
+    caa_identities: tuple[str, ...] = ()      # meta.caaIdentities (Pebble's default if empty)
     binary: str = 'pebble'
     process: subprocess.Popen | None = None
 
@@ -297,6 +300,8 @@ class Pebble:
         }}
         if self.eab_required:
             config['pebble']['externalAccountMACKeys'] = {EAB_KID: EAB_HMAC_KEY}
+        if self.caa_identities:
+            config['pebble']['caaIdentities'] = list(self.caa_identities)
         if self.profiles:
             config['pebble']['profiles'] = {
                 name: {'description': f'{name} profile', 'validityPeriod': seconds}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -343,6 +344,14 @@ def test_example_config_loads(acmebot_module, tmp_path):
     assert config.http_challenges == {
         'www.example.org': '/var/www/htdocs/.well-known/acme-challenge'}
     assert [h.name for h in config.authorizations] == ['example.com', 'www.example.com']
+    (fallback,) = config.fallback_cas
+    assert (fallback.directory_url, fallback.eab_kid, fallback.ca_bundle) == (
+        'https://acme.zerossl.com/v2/DV90', 'kid', None)
+    assert fallback.tag == 'acme.zerossl.com-' + hashlib.sha256(
+        fallback.directory_url.encode()).hexdigest()[:8]
+    assert fallback.where == 'fallback_cas[0]'
+    assert [ca.directory_url for ca in config.cas] == [
+        'https://acme-v02.api.letsencrypt.org/directory', fallback.directory_url]
 
 
 def test_example_config_mentions_every_setting(acmebot_module):
@@ -351,7 +360,10 @@ def test_example_config_mentions_every_setting(acmebot_module):
         data = json.load(file)
     assert set(data) == {'account', 'settings', 'directories', 'services', 'certificates',
                          'private_keys', 'authorizations', 'http_challenges',
-                         'zone_update_keys', 'hooks', 'persistent_authorizations'}
+                         'zone_update_keys', 'hooks', 'persistent_authorizations',
+                         'fallback_cas'}
+    assert set(data['fallback_cas'][0]) == {'directory_url', 'ca_bundle', 'eab_kid',
+                                            'eab_hmac_key'}
     assert set(data['hooks']) <= set(m.HOOK_EVENTS)
     assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
     assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}
@@ -551,6 +563,26 @@ def assert_rejected_file(tmp_path, data: bytes, pattern) -> str:
      r'settings\.metrics_file: expected a file name ending in \.prom .*got "m\.prom/"'),
     ({'settings__metrics_file': '/nonexistent-acmebot-dir/acmebot.prom'},
      r'settings\.metrics_file: the directory /nonexistent-acmebot-dir does not exist'),
+    # issue 20: fallback CAs
+    ({'fallback_cas': {'directory_url': 'https://a.test/dir'}},
+     r'fallback_cas: expected a list of CAs \(objects with directory_url\), got \{'),
+    ({'fallback_cas': [{}]},
+     r'fallback_cas\[0\]\.directory_url: missing: the URL of the CA\'s ACME directory'),
+    ({'fallback_cas': [{'directory_url': 'acme.example.test/dir'}]},
+     r'fallback_cas\[0\]\.directory_url: expected an http\(s\) URL, got "acme\.example'),
+    ({'fallback_cas': [{'directory_url': 'https://a.test/dir', 'eab_kid': 'kid'}]},
+     r'fallback_cas\[0\]\.eab_hmac_key: eab_kid and eab_hmac_key must be given together'),
+    ({'fallback_cas': [{'directory_url': 'https://a.test/dir', 'eab_hmac_key': 'a2V5'}]},
+     r'fallback_cas\[0\]\.eab_kid: eab_kid and eab_hmac_key must be given together'),
+    ({'fallback_cas': [{'directory_url': 'https://127.0.0.1:1/dir/'}]},
+     r'fallback_cas\[0\]\.directory_url: the same directory as settings\.acme_directory_url'),
+    ({'fallback_cas': [{'directory_url': 'https://a.test/dir'},
+                       {'directory_url': 'https://a.test/dir'}]},
+     r'fallback_cas\[1\]\.directory_url: the same directory as fallback_cas\[0\]\.'),
+    ({'fallback_cas': [{'directory_url': 'https://a.test/dir', 'ca_bundle': 'none.pem'}]},
+     r'fallback_cas\[0\]\.ca_bundle: cannot read CA bundle file .*none\.pem'),
+    ({'fallback_cas': [{'directory_url': 'https://a.test/dir', 'email': 'a@b.test'}]},
+     r'fallback_cas\[0\]\.email: unknown setting \(known here: ca_bundle, directory_url, '),
 ])
 def test_malformed_value_names_path_and_touches_nothing(tmp_path, extra, pattern):
     os.makedirs(tmp_path / 'update_key')

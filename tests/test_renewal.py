@@ -157,6 +157,30 @@ def test_certificate_revoked_at_the_ca_is_renewed_at_once(site):
     assert installed(site).serial_number != first.serial_number
 
 
+def test_renewal_information_with_an_explanation_renews_and_says_why(site, proxy):
+    """Pebble's renewal information for a revoked certificate (a window in the past), with
+    the explanationURL that Pebble never gives added by the test proxy."""
+    use(site, proxy)
+    http_certificate(site)
+    assert_ok(site.run())
+    first = installed(site)
+    revoke_with_account(site, first)
+    url = 'https://ca.example.test/mass-revocation-2026'
+
+    def explain(request, body: bytes) -> bytes:
+        if not request.path.startswith('/draft-ietf-acme-ari-03/renewalInfo/'):
+            return body
+        return json.dumps({**json.loads(body), 'explanationURL': url}).encode()
+
+    proxy.rewrite = explain
+    result = site.run(prefix=later(0.3))     # past the Retry-After
+    assert_ok(result)
+    assert result.stdout.splitlines()[0] == \
+        f'certificate site: the CA suggests renewing it now; see {url}'
+    assert installed(site).serial_number != first.serial_number
+    assert run_record(site)['certificates']['site']['rsa']['explanation_url'] is None
+
+
 def ask_for_early_renewal(site, explanation_url: str) -> None:
     """Store renewal information as acmebot would have stored the CA's answer that moves
     the window into the past with an explanation (Pebble gives no explanationURL)."""
@@ -221,17 +245,18 @@ def revoke_with_account(site, cert):
     acme_client(site).revoke(cert, 0)
 
 
-def test_ari_trouble_is_quiet_and_falls_back_to_the_lifetime_rule(site):
+def test_ari_trouble_is_quiet_and_falls_back_to_the_lifetime_rule(site, proxy):
+    use(site, proxy)                    # the CA: a proxy in front of the shared Pebble
     http_certificate(site)
     assert_ok(site.run())
     first = installed(site)
-    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    proxy.stop()                        # the CA that issued it cannot be reached
     result = site.run(prefix=later(1))
     assert_ok(result)
     assert result.stdout == result.stderr == ''
     result = site.run('--verbose', prefix=later(1))
     assert_ok(result)
-    assert 'no renewal information: fetching the ACME directory https://127.0.0.1:9/dir: ' \
+    assert f'no renewal information: fetching the ACME directory {proxy.url}: ' \
         'cannot connect' in result.stdout
     assert 'certificate site is not due: renewal at ' in result.stdout
     assert 'lifetime is left; the CA could not be reached)' in result.stdout   # 90 days: a third
@@ -362,23 +387,26 @@ def test_records_that_cannot_be_written_do_not_stop_installation(site):
 
 
 def test_certificate_from_another_ca(site, profiles_pebble):
-    """After moving to another CA, it knows nothing of the installed certificate: its
-    renewal information is not to be had (quietly: the lifetime rule applies), and the
-    renewal order cannot replace it."""
+    """After moving to another CA, which knows nothing of the installed certificate: its
+    renewal information is not asked of it (quietly: the lifetime rule applies), and the
+    renewal order does not say it replaces the certificate."""
     http_certificate(site)
     assert_ok(site.run())
+    issuer = site.config['settings']['acme_directory_url']
     use(site, profiles_pebble)
+    asked = profiles_pebble.requests_seen(RENEWAL_INFO)
     result = site.run(prefix=later(0.3))
     assert_ok(result)
     assert result.stdout == result.stderr == ''
     result = site.run('--verbose', prefix=later(0.6))
     assert_ok(result)
-    assert re.search(r'certificate site: no renewal information: https://127\.0\.0\.1:14004/'
-                     r'\S+ answered HTTP 400: .+', result.stdout), result.stdout
-    assert 'renewal information could not be fetched)' in result.stdout
+    assert (f'when a third of its lifetime is left; the CA that issued it ({issuer}) is no '
+            'longer configured)') in result.stdout
+    assert profiles_pebble.requests_seen(RENEWAL_INFO) == asked
     result = site.run('--renew', '--verbose')
     assert_ok(result)
-    assert 'ordering without "replaces"' in result.stdout
+    assert 'replaces' not in result.stdout
+    assert profiles_pebble.requests_seen(RENEWAL_INFO) == asked + 1     # of the new one
 
 
 def test_failing_renewals_back_off_and_renew_tries_at_once(site):

@@ -801,10 +801,9 @@ def test_dns_persist_challenge_without_issuer_domain_fails_clearly(acmebot_modul
     challenge = m.PendingChallenge(authzr, body.challenges[0], m.ChallengeType.DNS_PERSIST_01,
                                    'example.test', m.acme_challenges.DNS01Response(), '',
                                    record_name='_validation-persist.www.example.test')
-    ctx = types.SimpleNamespace(
-        acme=types.SimpleNamespace(registration=types.SimpleNamespace(uri='https://ca/acct/1')),
-        clock=m.Clock(), dns=None, persistent_seen={})
-    [(label, error)] = m.check_persistent_records(ctx, [challenge]).items()
+    ctx = types.SimpleNamespace(clock=m.Clock(), dns=None, persistent_seen={})
+    acme = types.SimpleNamespace(registration=types.SimpleNamespace(uri='https://ca/acct/1'))
+    [(label, error)] = m.check_persistent_records(ctx, acme, [challenge]).items()
     assert label == 'www.example.test'
     assert str(error) == ("the CA's dns-persist-01 challenge for www.example.test names no "
                           'issuer domain (issuer-domain-names), so no record can match it')

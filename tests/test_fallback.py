@@ -1,0 +1,237 @@
+"""Fallback CAs, rate limits and CAA across CAs (README: Fallback CAs), end to end: the
+primary CA is a proxy in front of the shared Pebble that passes requests on, fails them
+with a server error or a rate limit, or is not there; the fallback is a second Pebble with
+its own roots and its own issuer domain name (caaIdentities)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+
+import pytest
+from ca_proxy import rate_limited, server_error
+from servers import Pebble
+from sites import (
+    assert_ok,
+    dns_certificate,
+    http_certificate,
+    pem_certificates,
+    run_record,
+    san,
+)
+from test_persist import account_url, persistent_site
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ISSUER = 'pebble.letsencrypt.org'        # the shared Pebble's caaIdentities
+FALLBACK_ISSUER = 'pebble2.test'         # the fallback Pebble's
+RENEWAL_INFO = '/draft-ietf-acme-ari-03/renewalInfo/'
+
+
+def use_cas(site, primary, *fallbacks: Pebble) -> None:
+    site.config['settings'].update(acme_directory_url=primary.url,
+                                   acme_ca_bundle=primary.ca_file)
+    site.config['fallback_cas'] = [{'directory_url': pebble.url, 'ca_bundle': pebble.ca_file}
+                                   for pebble in fallbacks]
+
+
+def intermediate_of(pebble: Pebble):
+    return pem_certificates(pebble.get(
+        f'https://127.0.0.1:{pebble.management_port}/intermediates/0'))[0].subject
+
+
+def installed(site, name: str = 'site'):
+    return pem_certificates(site.read('certificate', f'{name}.pem'))[0]
+
+
+def record_entry(site, name: str = 'site') -> dict:
+    (entry,) = run_record(site)['certificates'][name].values()
+    return entry
+
+
+def fallback_account_files(site) -> list[str]:
+    return sorted(name for name in os.listdir(os.path.join(site.root, 'resource'))
+                  if name.startswith(('client_key.', 'registration.')) and
+                  name not in ('client_key.json', 'registration.json'))
+
+
+def test_a_failing_ca_is_replaced_by_the_fallback_and_the_next_renewal_goes_back(
+        site, proxy, fallback_pebble):
+    hosts = http_certificate(site)
+    use_cas(site, proxy, fallback_pebble)
+    proxy.fault = server_error                      # even the directory: 500 serverInternal
+    result = site.run()
+    assert_ok(result)                               # issued: the run did its job
+    assert (f'WARNING: site: certificate site: the CA could not be used: fetching the ACME '
+            f'directory {proxy.url}: ') in result.stderr
+    assert f'[serverInternal]; ordering it from {fallback_pebble.url}' in result.stderr
+    cert = installed(site)
+    assert cert.issuer == intermediate_of(fallback_pebble)
+    assert san(cert) == set(hosts)
+    assert record_entry(site)['ca'] == fallback_pebble.url
+    # ARI is asked of the CA that issued it, never of the other
+    assert fallback_pebble.requests_seen(f'GET {RENEWAL_INFO}') >= 1
+    assert not [r for r in proxy.requests if r.path.startswith(RENEWAL_INFO)]
+    # the fallback's account files sit beside the primary's, which keep their names
+    files = fallback_account_files(site)
+    assert len(files) == 2 and all('127.0.0.1-' in name for name in files), files
+    for name in files:
+        assert stat.S_IMODE(os.stat(site.path('resource', name)).st_mode) == 0o600
+    assert os.path.exists(site.path('resource', 'client_key.json'))
+    status = site.run('--status', write=False)
+    assert f'issued by the fallback CA {fallback_pebble.url}' in status.stdout
+    shown = json.loads(site.run('--status', '--json', write=False).stdout)
+    assert shown['certificates'][0]['ca'] == fallback_pebble.url
+    assert shown['fallback_cas'][0]['directory_url'] == fallback_pebble.url
+    assert shown['fallback_cas'][0]['account'].startswith(fallback_pebble.url[:-4])
+
+    # the next renewal starts with the primary; "replaces" goes only to the CA that
+    # issued the certificate it replaces
+    proxy.fault = None
+    proxy.requests.clear()
+    result = site.run('--renew')
+    assert_ok(result)
+    assert installed(site).issuer == intermediate_of(site.env.pebble)
+    (order,) = proxy.new_orders()
+    assert 'replaces' not in order.payload
+    assert record_entry(site)['ca'] == proxy.url
+    assert 'issued by the fallback CA' not in site.run('--status', write=False).stdout
+    assert_ok(site.run('--renew'))
+    assert 'replaces' in proxy.new_orders()[-1].payload
+
+
+def test_an_unreachable_primary_falls_over_but_failing_names_do_not(site, fallback_pebble):
+    site.config['settings'].update(acme_directory_url='https://127.0.0.1:9/dir')
+    site.config['fallback_cas'] = [{'directory_url': fallback_pebble.url,
+                                    'ca_bundle': fallback_pebble.ca_file}]
+    http_certificate(site)
+    assert_ok(site.run())
+    leaf = installed(site)
+    assert leaf.issuer == intermediate_of(fallback_pebble)
+    # revoked at the CA that issued it, the account key rolled over at every CA that works
+    assert_ok(site.run('--revoke', 'site'))
+    assert fallback_pebble.certificate_status(leaf.serial_number)['Status'] == 'Revoked'
+    (key_file,) = [name for name in fallback_account_files(site)
+                   if name.startswith('client_key.')]
+    old_key = site.read('resource', key_file)
+    result = site.run('--rollover-account')
+    assert result.returncode == 1
+    assert 'ERROR: the CA at https://127.0.0.1:9/dir: fetching the ACME directory ' \
+        in result.stderr
+    assert site.read('resource', key_file) != old_key
+    tag = key_file.removeprefix('client_key.').removesuffix('.json')
+    assert len(os.listdir(site.path('archive', f'@account.{tag}'))) == 1
+    assert_ok(site.run())                           # the backup key, from the fallback
+    assert installed(site).issuer == intermediate_of(fallback_pebble)
+    # a name that fails validation at the fallback-issued CA fails there: no other CA
+    use_cas(site, fallback_pebble, site.env.pebble)
+    orders = site.env.pebble.requests_seen('POST /order-plz')
+    (host,) = http_certificate(site, 'nowhere', labels=('nowhere',))
+    site.config['http_challenges'][host] = os.path.join(site.root, 'unserved')
+    os.makedirs(os.path.join(site.root, 'unserved'))
+    result = site.run()
+    assert result.returncode == 1
+    assert 'authorization failed for ' in result.stderr
+    assert 'ordering it from' not in result.stderr
+    assert site.env.pebble.requests_seen('POST /order-plz') == orders
+
+
+def test_a_rate_limit_holds_that_ca_for_that_certificate_across_runs(site, proxy,
+                                                                     fallback_pebble):
+    limited = http_certificate(site, 'limited', labels=('limited',))[0]
+    http_certificate(site, 'free', labels=('free',))
+    use_cas(site, proxy)
+    proxy.fault = rate_limited(limited, 3600)
+    result = site.run()
+    assert result.returncode == 1
+    assert (f'too many new orders for {limited} recently [rateLimited]; the CA asks to wait '
+            '3600 seconds') in result.stderr
+    assert installed(site, 'free')                  # the others go on
+    with pytest.raises(FileNotFoundError):
+        site.read('certificate', 'limited.pem')
+    entry = record_entry(site, 'limited')
+    assert list(entry['rate_limited']) == [proxy.url]
+    # the next run does not ask that CA for it before the time has passed
+    proxy.requests.clear()
+    result = site.run()
+    assert_ok(result)
+    assert not proxy.new_orders()
+    status = site.run('--status', write=False).stdout
+    assert re.search(r'limited \w+: no certificate installed; no certificate is installed; '
+                     r'rate limited by ' + re.escape(proxy.url) + r' until [0-9: -]+ UTC: it is '
+                     r'ordered then; last attempt ', status), status
+    # with a fallback CA it is ordered there at once, still without asking the primary
+    use_cas(site, proxy, fallback_pebble)
+    result = site.run()
+    assert_ok(result)
+    assert not proxy.new_orders()
+    assert installed(site, 'limited').issuer == intermediate_of(fallback_pebble)
+    assert list(record_entry(site, 'limited')['rate_limited']) == [proxy.url]
+    status = site.run('--status', write=False).stdout
+    assert f'issued by the fallback CA {fallback_pebble.url}' in status
+    assert f'rate limited by {proxy.url} until ' in status
+
+
+def set_caa(site, name: str, *values: str) -> None:
+    site.env.bind.update('example.test', delete=[(name, 'CAA')],
+                         add=[(name, 300, 'CAA', value) for value in values])
+
+
+def test_caa_that_allows_only_the_fallback_sends_the_order_there(site, proxy, fallback_pebble):
+    log = os.path.join(site.root, 'nsupdate.log')
+    site.config['settings']['nsupdate_command'] = f'{HERE}/nsupdate_logged.sh {log}'
+    hosts = dns_certificate(site, labels=('caafb',))
+    use_cas(site, proxy, fallback_pebble)
+    try:
+        set_caa(site, hosts[0], f'0 issue "{FALLBACK_ISSUER}"')
+        result = site.run()
+        assert_ok(result)
+        assert (f'not ordered: {hosts[0]}: the CAA records at {hosts[0]} (issue '
+                f'"{FALLBACK_ISSUER}") do not allow {ISSUER}') in result.stderr
+        assert not proxy.new_orders()               # never ordered from the primary
+        assert installed(site).issuer == intermediate_of(fallback_pebble)
+        with open(log) as file:
+            assert file.read().count('args: -k ') == 2    # one challenge, added and removed
+    finally:
+        set_caa(site, hosts[0])
+
+
+def test_persistent_authorizations_are_kept_for_every_ca(site, proxy, fallback_pebble):
+    hosts, log = persistent_site(site, f'pafb-{site.tag}')
+    use_cas(site, proxy, fallback_pebble)
+    assert_ok(site.run())
+    primary_account = account_url(site)
+    (registration,) = [name for name in fallback_account_files(site)
+                       if name.startswith('registration.')]
+    with open(site.path('resource', registration)) as file:
+        fallback_account = json.load(file)['uri']
+    owner = f'_validation-persist.{hosts[0]}'
+    assert sorted(site.env.bind.query(owner, 'TXT')) == sorted([
+        f'{ISSUER}; accounturi={primary_account}; policy=wildcard',
+        f'{FALLBACK_ISSUER}; accounturi={fallback_account}; policy=wildcard'])
+    # the primary fails: the fallback issues with the records already in place
+    proxy.fault = server_error
+    with open(log) as file:
+        updates = file.read().count('args: -k ')
+    result = site.run('--renew', '--verbose')
+    assert result.returncode == 1                   # the records of the primary: unknown
+    assert result.stdout.count('authorized by dns-persist-01') == 3
+    assert installed(site).issuer == intermediate_of(fallback_pebble)
+    with open(log) as file:
+        assert file.read().count('args: -k ') == updates    # no DNS change was needed
+    # the primary's records stay while it cannot be asked for its names
+    assert len(site.env.bind.query(owner, 'TXT')) == 2
+
+
+def test_a_ca_without_the_profile_hands_the_certificate_to_one_with_it(site, profiles_pebble):
+    http_certificate(site, profile='shortlived')
+    use_cas(site, site.env.pebble, profiles_pebble)
+    result = site.run()
+    assert_ok(result)
+    assert re.search(r'WARNING: site: certificate site: profile "shortlived" (cannot be '
+                     r'requested|is not offered).*; ordering it from '
+                     + re.escape(profiles_pebble.url), result.stderr), result.stderr
+    cert = installed(site)
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days < 7    # shortlived
+    assert record_entry(site)['ca'] == profiles_pebble.url
