@@ -85,6 +85,10 @@ def test_a_failing_ca_is_replaced_by_the_fallback_and_the_next_renewal_goes_back
     assert shown['certificates'][0]['ca'] == fallback_pebble.url
     assert shown['fallback_cas'][0]['directory_url'] == fallback_pebble.url
     assert shown['fallback_cas'][0]['account'].startswith(fallback_pebble.url[:-4])
+    fallbacks = site.config.pop('fallback_cas')
+    assert f'issued by {fallback_pebble.url}, which is no longer configured' in \
+        site.run('--status').stdout
+    site.config['fallback_cas'] = fallbacks
 
     # the next renewal starts with the primary; "replaces" goes only to the CA that
     # issued the certificate it replaces

@@ -807,3 +807,39 @@ def test_dns_persist_challenge_without_issuer_domain_fails_clearly(acmebot_modul
     assert label == 'www.example.test'
     assert str(error) == ("the CA's dns-persist-01 challenge for www.example.test names no "
                           'issuer domain (issuer-domain-names), so no record can match it')
+
+
+def test_which_failures_try_the_next_ca(acmebot_module):
+    """Failures of the CA itself fall over to the next CA; failures of the names do not
+    (README: Fallback CAs)."""
+    m = acmebot_module
+
+    def answered(code: str):
+        problem = m.acme_messages.Error(typ=f'urn:ietf:params:acme:error:{code}', detail='d')
+        return m.acme_error('ordering certificate x: d', problem)
+
+    for code in ('serverInternal', 'rateLimited', 'badNonce', 'externalAccountRequired',
+                 'userActionRequired', 'unsupportedIdentifier', 'invalidProfile'):
+        assert m.tries_next_ca(answered(code)), code
+    for code in ('unauthorized', 'caa', 'rejectedIdentifier', 'badCSR', 'malformed',
+                 'incorrectResponse', 'connection', 'dns', 'tls'):
+        assert not m.tries_next_ca(answered(code)), code
+    assert answered('caa').code == 'caa'
+    unreachable = m.acme_error('fetching the ACME directory', m.requests.exceptions.
+                               ConnectionError('refused'))
+    assert m.tries_next_ca(unreachable) and unreachable.code is None
+    assert m.tries_next_ca(m.Consequence('not ordered', unreachable))
+    assert not m.tries_next_ca(m.Consequence('not ordered', m.FileError('disk full')))
+    validation = m.AcmeError('the CA could not validate')          # a challenge that failed
+    assert not m.tries_next_ca(validation)
+    assert not m.tries_next_ca(m.AuthorizationError({'a.test': validation,
+                                                     'b.test': unreachable}))
+    assert m.tries_next_ca(m.AuthorizationError({'a.test': unreachable}))
+    both = m.failed_at_every_ca([('https://a.test/dir', unreachable),
+                                 ('https://b.test/dir', answered('rateLimited'))])
+    assert str(both) == ('at https://a.test/dir: fetching the ACME directory; at '
+                         'https://b.test/dir: ordering certificate x: d; the CA gives no '
+                         'Retry-After')
+    assert both.code == 'rateLimited' and both.ca_side
+    assert m.ca_file_tag('https://Acme.ZeroSSL.com/v2/DV90') == 'acme.zerossl.com-' + \
+        hashlib.sha256(b'https://Acme.ZeroSSL.com/v2/DV90').hexdigest()[:8]
