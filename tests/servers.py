@@ -204,6 +204,57 @@ controls {{ }};
         stop_process(self.process)
 
 
+LONE_ADDRESS = '127.53.0.54'
+
+
+def knot_server(listen: str, directory: str) -> str:
+    """The server, log and database sections of a knotd configuration."""
+    return f'''server:
+    listen: {listen}
+    rundir: {directory}
+    user: root:root
+log:
+  - target: stderr
+    any: info
+database:
+    storage: {directory}/db
+'''
+
+
+@dataclass
+class LoneServer:
+    """A second name server (Knot DNS; BIND listens only on addresses of an interface) on
+    its own loopback address that serves a zone of the test BIND as a primary of its own
+    (serial 7): listed as a name server of the zone, it never gets what is added there, as
+    a secondary that stopped transferring would not."""
+    directory: str
+    zone: str
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        os.makedirs(os.path.join(self.directory, 'db'), exist_ok=True)
+        with open(os.path.join(self.directory, 'zone.db'), 'w') as file:
+            file.write(f'$ORIGIN {self.zone}.\n'
+                       + zone_file(self.zone).replace(' 1 3600 ', ' 7 3600 '))
+        conf = os.path.join(self.directory, 'knot.conf')
+        with open(conf, 'w') as file:
+            file.write(knot_server(f"{LONE_ADDRESS}@{PORTS['dns']}", self.directory) + f'''template:
+  - id: default
+    storage: {self.directory}
+zone:
+  - domain: {self.zone}
+    file: zone.db
+''')
+        with open(os.path.join(self.directory, 'knot.log'), 'w') as output:
+            self.process = subprocess.Popen(['knotd', '-c', conf], stdout=output,
+                                            stderr=subprocess.STDOUT)
+        come_up(self, lambda: served_values(LONE_ADDRESS, PORTS['dns'], self.zone, 'SOA'),
+                'second name server')
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 @dataclass
 class Resolver:
     """A caching-free recursive resolver for Pebble, as a CA has: it forwards every query to
@@ -807,16 +858,7 @@ class Knot(UpdateServer):
 ''' for key in self.keys.values())
         conf = os.path.join(self.directory, 'knot.conf')
         with open(conf, 'w') as file:
-            file.write(f'''server:
-    listen: {BIND_ADDRESS}@{self.port}
-    rundir: {self.directory}
-    user: root:root
-log:
-  - target: stderr
-    any: info
-database:
-    storage: {self.directory}/db
-key:
+            file.write(knot_server(f'{BIND_ADDRESS}@{self.port}', self.directory) + f'''key:
 {keys}acl:
   - id: update
     key: {self.keys['allowed'].name}

@@ -678,3 +678,24 @@ def test_thousands_of_malformed_configurations_never_crash(acmebot_module, tmp_p
     print(outcomes)
     assert outcomes['refused'] > 2000, outcomes
     assert output_files(tmp_path) == []
+
+
+def test_dry_run_ca_is_lets_encrypt_staging_by_default_or_the_setting(acmebot_module,
+                                                                      tmp_path):
+    m = acmebot_module
+    data = minimal(tmp_path)
+    del data['settings']['acme_directory_url']                  # Let's Encrypt
+    config = m.parse_config(data, str(tmp_path / 'a.json'))
+    assert config.settings.dry_run_directory_url is None
+    (ca,) = m.dry_run_config(config).cas
+    assert ca.directory_url == 'https://acme-staging-v02.api.letsencrypt.org/directory'
+    assert ca.tag.startswith('dry-run.acme-staging-v02.api.letsencrypt.org-')
+    other = m.parse_config(minimal(tmp_path), str(tmp_path / 'a.json'))
+    with pytest.raises(m.UsageError, match=r'--dry-run needs settings\.dry_run_directory_url'):
+        m.dry_run_config(other)
+    chosen = m.parse_config(minimal(tmp_path, settings__dry_run_directory_url='https://t.test/d',
+                                    persistent_authorizations={'example.test': ['@']}),
+                            str(tmp_path / 'a.json'))
+    dry = m.dry_run_config(chosen)
+    assert [ca.directory_url for ca in dry.cas] == ['https://t.test/d']
+    assert dry.persistent_authorizations == ()      # validated by challenges, no records
