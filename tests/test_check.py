@@ -22,6 +22,7 @@ from sites import (
     assert_ok,
     dns_certificate,
     http_certificate,
+    local_zone_site,
     run_record,
     service_calls,
     service_commands,
@@ -323,3 +324,22 @@ def test_check_registers_with_external_account_binding(site):
     result = site.run('--check')
     assert result.returncode == 1
     assert 'FAIL  directory and account: registering the ACME account: ' in result.stdout
+
+
+def test_check_probes_a_local_zone_through_its_zone_tool(site):
+    log = local_zone_site(site)
+    hosts = [site.host('cl1', 'local.test'), site.host('cl2', 'local.test')]
+    site.config['certificates'] = {'local': {'common_name': hosts[0], 'alt_names': {
+        'local.test': [h.split('.')[0] for h in hosts]}}}
+    result = site.run('--check')
+    assert_ok(result)
+    assert ('ok    DNS-01 zone local.test: probe record _acme-challenge.'
+            f'{hosts[0]} served by every authoritative name server') in result.stdout
+    assert f'ok    reload_zone_command: {sys.executable}' in result.stdout
+    with open(log) as file:
+        calls = [json.loads(line) for line in file]
+    # one probe for the zone (its first name), placed and removed by the zone tool
+    assert [(call['zone'], list(call['records'])) for call in calls] == [
+        ('local.test', [hosts[0]]), ('local.test', [])]
+    assert not os.path.exists(os.path.join(site.dirs['challenge'], 'local.test'))
+    assert_probes_gone(site, hosts)
