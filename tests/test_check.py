@@ -343,3 +343,15 @@ def test_check_probes_a_local_zone_through_its_zone_tool(site):
         ('local.test', [hosts[0]]), ('local.test', [])]
     assert not os.path.exists(os.path.join(site.dirs['challenge'], 'local.test'))
     assert_probes_gone(site, hosts)
+
+
+def test_check_names_a_profile_the_ca_does_not_offer(site, profiles_pebble):
+    site.config['settings'].update(acme_directory_url=profiles_pebble.url,
+                                   acme_ca_bundle=profiles_pebble.ca_file)
+    http_certificate(site, profile='longlived')
+    http_certificate(site, 'short', labels=('short',), profile='shortlived')
+    result = site.run('--check')
+    assert result.returncode == 1
+    assert (f'FAIL  profile "longlived": profile "longlived" is not offered by the CA at '
+            f'{profiles_pebble.url}; it offers: classic, shortlived') in result.stdout
+    assert 'ok    profile "shortlived": offered' in result.stdout
