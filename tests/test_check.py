@@ -355,3 +355,18 @@ def test_check_names_a_profile_the_ca_does_not_offer(site, profiles_pebble):
     assert (f'FAIL  profile "longlived": profile "longlived" is not offered by the CA at '
             f'{profiles_pebble.url}; it offers: classic, shortlived') in result.stdout
     assert 'ok    profile "shortlived": offered' in result.stdout
+
+
+def test_check_a_host_by_http_beside_its_wildcard_by_dns(site):
+    """The file probe of a host and the TXT probe at the same name (its wildcard, validated
+    by DNS) are told apart: the refused TXT record fails DNS-01 only."""
+    (host,) = http_certificate(site, 'mixed', labels=('mix',))
+    site.config['certificates']['mixed']['alt_names']['example.test'].append(
+        '*.' + host.split('.')[0])
+    site.config['zone_update_keys'] = {'example.test': site.update_key()}
+    site.config['settings']['nsupdate_command'] = '/bin/false'
+    result = site.run('--check')
+    assert result.returncode == 1
+    assert f'ok    HTTP-01 {host}: probe file fetched from every address' in result.stdout
+    assert 'FAIL  DNS-01 zone example.test: adding challenge records in zone example.test: ' \
+        '/bin/false -k' in result.stdout
