@@ -4,7 +4,9 @@ removed in every case."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import http.server
 import json
 import os
@@ -370,3 +372,19 @@ def test_check_a_host_by_http_beside_its_wildcard_by_dns(site):
     assert f'ok    HTTP-01 {host}: probe file fetched from every address' in result.stdout
     assert 'FAIL  DNS-01 zone example.test: adding challenge records in zone example.test: ' \
         '/bin/false -k' in result.stdout
+
+
+def test_check_probes_dns_account_records_under_the_account_label(site):
+    log = os.path.join(site.root, 'nsupdate.log')
+    site.config['settings']['nsupdate_command'] = f'{HERE}/nsupdate_logged.sh {log}'
+    (host,) = dns_certificate(site, labels=('chkacct',), dns_challenge='dns-account-01')
+    result = site.run('--check')
+    assert_ok(result)
+    with open(site.path('resource', 'registration.json')) as file:
+        url = json.load(file)['uri']
+    label = '_' + base64.b32encode(hashlib.sha256(url.encode()).digest()[:10]).decode().lower()
+    assert (f'ok    DNS-01 zone example.test: probe record {label}._acme-challenge.{host} '
+            'served by every authoritative name server') in result.stdout
+    with open(log) as file:
+        assert f'update add {label}._acme-challenge.{host}. ' in file.read()
+    assert site.env.bind.query(f'{label}._acme-challenge.{host}', 'TXT') == []
