@@ -134,7 +134,10 @@ def test_persistent_authorizations_publish_once_and_issue_without_challenge_reco
     # With the records in place (and no authorization reuse), a renewal changes no DNS.
     result = site.run('--renew', '--verbose')
     assert_ok(result)
-    assert result.stdout.count('authorized by dns-persist-01') == 3
+    # Pebble reuses a valid authorization 1% of the time even at PEBBLE_AUTHZREUSE=0
+    # (rand.Intn(100) > 0 fails for 0): each name is authorized by dns-persist-01 or reused
+    authorized = re.findall(r'(\S+): authorized by (\S+)', result.stdout)
+    assert authorized and all(kind == 'dns-persist-01' for _, kind in authorized)
     assert not os.path.exists(log)
     # A name taken out of the section loses the record acmebot published; others stay.
     site.config['persistent_authorizations'] = {'example.test': [hosts[0].split('.')[0]]}
