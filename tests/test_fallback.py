@@ -62,9 +62,15 @@ def test_a_failing_ca_is_replaced_by_the_fallback_and_the_next_renewal_goes_back
         site, proxy, fallback_pebble):
     hosts = http_certificate(site)
     use_cas(site, proxy, fallback_pebble)
+    root = site.env.pebble.root_pem()               # the primary CA's root
+    with open(os.path.join(site.root, 'root_cert.pem'), 'wb') as file:
+        file.write(root)
     proxy.fault = server_error                      # even the directory: 500 serverInternal
     result = site.run()
     assert_ok(result)                               # issued: the run did its job
+    # the primary's root is not put beside another CA's chain
+    assert site.read('certificate', 'site+root.pem') == site.read('certificate', 'site.pem')
+    assert root.strip() not in site.read('certificate', 'site+root.pem')
     assert (f'WARNING: site: certificate site: the CA could not be used: fetching the ACME '
             f'directory {proxy.url}: ') in result.stderr
     assert f'[serverInternal]; ordering it from {fallback_pebble.url}' in result.stderr
@@ -99,6 +105,7 @@ def test_a_failing_ca_is_replaced_by_the_fallback_and_the_next_renewal_goes_back
     result = site.run('--renew')
     assert_ok(result)
     assert installed(site).issuer == intermediate_of(site.env.pebble)
+    assert root.strip() in site.read('certificate', 'site+root.pem')
     orders = proxy.new_orders()         # (more than one where Pebble refused a nonce)
     assert orders and not any('replaces' in order.payload for order in orders)
     assert record_entry(site)['ca'] == proxy.url
