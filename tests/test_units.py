@@ -765,11 +765,15 @@ def test_persist_records(acmebot_module):
     wildcard = m.persist_record('authority.example', url, True, 1721952000)
     assert wildcard == ('authority.example; accounturi=https://ca.test/acct/1; '
                         'policy=wildcard; persistUntil=1721952000')
-    assert m.parse_persist_record('Authority.Example.; AccountURI=x;Policy=Wildcard') == (
+    parsed = m.IssuerValue.parse('Authority.Example.; AccountURI=x;Policy=Wildcard')
+    assert (parsed.issuer, dict(parsed.params)) == (
         'authority.example', {'accounturi': 'x', 'policy': 'Wildcard'})
-    assert m.parse_persist_record('authority.example; accounturi') is None
-    assert m.parse_persist_record('v=spf1 -all') is None
-    fits = m.persist_record_fits
+    assert m.IssuerValue.parse('authority.example; accounturi') is None
+    assert m.IssuerValue.parse('v=spf1 -all') is None
+
+    def fits(value, issuers, account, wildcard, at):
+        return m.IssuerValue.parse(value).authorizes(issuers, account, wildcard, at)
+
     assert fits(wildcard, ['AUTHORITY.example'], url, True, 1721951999)
     assert not fits(wildcard, ['authority.example'], url, True, 1721952000)   # expired
     assert not fits(wildcard, ['other.example'], url, False, 0)              # another CA
@@ -778,16 +782,19 @@ def test_persist_records(acmebot_module):
                 False, 0)
     assert not fits(m.persist_record('authority.example', url), ['authority.example'], url,
                     True, 0)                     # a wildcard needs policy=wildcard
+    # persistUntil that is no number (str.isdigit() takes '²'): its authority has ended
+    assert not fits(f'authority.example; accounturi={url}; persistUntil=\u00b2',
+                    ['authority.example'], url, False, 0)
     long_url = 'https://ca.test/acct/' + 'x' * 300
     text = m._txt_text(m.persist_record('authority.example', long_url))
     assert text.count('" "') == 1 and all(len(part) <= 257 for part in text.split(' "'))
     # a record acmebot keeps: the same form, and with persist_days more than half left
-    keep = m._persist_value_is
-    assert keep(wildcard, 'authority.example', url, True, 1721952000, 1721951999)
-    assert not keep(wildcard, 'authority.example', url, True, 1721952000, 1721952000)   # stale
-    assert not keep(wildcard, 'authority.example', url, True, None, 0)     # end not wanted
-    assert not keep(wildcard, 'authority.example', url, False, 1721952000, 0)  # policy differs
-    assert keep(wildcard, 'authority.example', url, None, None, 0)          # any form: replace
+    record = m.IssuerValue.parse(wildcard)
+    assert record.is_record('authority.example', url, True, 1721952000, 1721951999)
+    assert not record.is_record('authority.example', url, True, 1721952000, 1721952000)
+    assert not record.is_record('authority.example', url, True, None, 0)   # end not wanted
+    assert not record.is_record('authority.example', url, False, 1721952000, 0)  # policy
+    assert record.is_for(['authority.example'], url)                 # any form: replaced
 
 
 def test_dns_persist_challenge_without_issuer_domain_fails_clearly(acmebot_module):
@@ -843,3 +850,51 @@ def test_which_failures_try_the_next_ca(acmebot_module):
     assert both.code == 'rateLimited' and both.ca_side
     assert m.ca_file_tag('https://Acme.ZeroSSL.com/v2/DV90') == 'acme.zerossl.com-' + \
         hashlib.sha256(b'https://Acme.ZeroSSL.com/v2/DV90').hexdigest()[:8]
+
+
+def test_validation_methods(acmebot_module):
+    """The one rule for how a name is validated: what the configuration asks, refined by
+    what its zone can carry and what the CA offers."""
+    m = acmebot_module
+    T = m.ChallengeType
+    PERSIST, HTTP, ACCOUNT, DNS = (T.DNS_PERSIST_01, T.HTTP_01, T.DNS_ACCOUNT_01, T.DNS_01)
+    every = set(T)
+    cases = [
+        # persistent, webroot, dns_challenge, RFC 2136 zone, offered: methods, first used
+        (False, False, DNS, True, None, (DNS,)),
+        (False, False, ACCOUNT, True, None, (ACCOUNT, DNS)),
+        (False, False, ACCOUNT, False, None, (DNS,)),         # a local zone tool's zone
+        (False, False, ACCOUNT, True, every, (ACCOUNT, DNS)),
+        (False, False, ACCOUNT, True, {DNS, HTTP}, (DNS,)),   # not offered: dns-01
+        (False, True, ACCOUNT, True, None, (HTTP,)),          # a webroot wins over DNS
+        (False, True, DNS, True, {DNS}, ()),                  # ... and no other is used
+        (True, False, DNS, True, None, (PERSIST, DNS)),
+        (True, False, DNS, True, every, (PERSIST, DNS)),
+        (True, False, ACCOUNT, True, {DNS, ACCOUNT}, (ACCOUNT, DNS)),   # no dns-persist-01
+        (True, True, DNS, False, {HTTP, DNS}, (HTTP,)),
+        (True, False, DNS, False, {PERSIST}, (PERSIST,)),
+        (False, False, DNS, True, {HTTP}, ()),
+    ]
+    for persistent, webroot, asked, rfc2136, offered, expected in cases:
+        assert m.choose_validation_methods(
+            persistent=persistent, webroot=webroot, dns_challenge=asked,
+            account_label_zone=rfc2136, offered=offered) == expected, \
+            (persistent, webroot, asked, rfc2136, offered)
+
+
+def test_caa_refusal_of_several_methods(acmebot_module):
+    """CAA before the CA's offer is known: a refusal only where every method the name may
+    be validated by is forbidden (RFC 8657 validationmethods)."""
+    m = acmebot_module
+    T = m.ChallengeType
+    records = [(0, 'issue', 'ca.test; validationmethods=dns-01, http-01')]
+    account = 'https://ca.test/acct/1'
+    assert m.caa_refusal(records, 'a.test', ['ca.test'], account,
+                         (T.DNS_ACCOUNT_01, T.DNS_01), False) is None
+    assert m.caa_refusal(records, 'a.test', ['ca.test'], account, (T.DNS_01,), False) is None
+    refusal = m.caa_refusal(records, 'a.test', ['ca.test'], account,
+                            (T.DNS_PERSIST_01, T.DNS_ACCOUNT_01), False)
+    assert refusal == ('the CAA records at a.test (issue "ca.test; validationmethods=dns-01, '
+                       'http-01") do not allow ca.test with account https://ca.test/acct/1 '
+                       'validating by dns-persist-01 or dns-account-01; issue "ca.test; '
+                       'accounturi=https://ca.test/acct/1" would')
