@@ -83,9 +83,26 @@ def test_check_passes_and_leaves_nothing(site):
     assert quiet.stdout == ''
     # the installed certificate, once there, is checked against its key
     assert_ok(site.run())
+    orders = site.env.pebble.requests_seen('POST /order-plz')
     out = site.run('--check').stdout
     assert 'ok    installed dnssite: matches its key, 90 days left; renewal at ' in out
     assert run_record(site)['run']['success'] is True
+    # --check reads the run's plan: a name added makes the certificate due, and --verbose
+    # says why, in the run's words
+    added = site.host('chkmore', 'example.test')
+    site.config['certificates']['dnssite']['alt_names']['example.test'].append(
+        added.removesuffix('.example.test'))
+    result = site.run('--check', '--verbose')
+    assert_ok(result)
+    assert f'dnssite: certificate dnssite is due: the alternative names changed (+{added})' \
+        in result.stdout
+    assert (f'ok    installed dnssite: matches its key, 90 days left; due (the alternative '
+            f'names changed (+{added})): the next run renews it') in result.stdout
+    assert site.env.pebble.requests_seen('POST /order-plz') == orders   # nothing ordered
+    # with --json, stdout is the JSON alone; what --verbose tells goes to stderr
+    result = site.run('--check', '--json', '--verbose')
+    assert json.loads(result.stdout)['success'] is True
+    assert 'certificate dnssite is due: the alternative names changed' in result.stderr
 
 
 def set_caa(site, name: str, *values: str) -> None:

@@ -153,7 +153,7 @@ def test_renewal_information_decides_when_present(acmebot_module, keys):
 def test_certificate_records(acmebot_module, tmp_path):
     m = acmebot_module
     path = str(tmp_path / 'resource' / 'certificates.json')
-    records = m.CertificateNotes.load(path)
+    records = m.CertificatesFile.load(path)
     assert records.profile('www', 'ID1') == (True, None)     # no record: issued under none
     records.set_profile('www', 'ID1', 'classic')
     records.set_renewal_info('www', 'ID1', renewal_info(m, 1, 2))
@@ -162,7 +162,7 @@ def test_certificate_records(acmebot_module, tmp_path):
     records.keep('www', 'ID1', 'ID2')
     records.save(['www', 'mail'])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
-    loaded = m.CertificateNotes.load(path)
+    loaded = m.CertificatesFile.load(path)
     assert loaded.profile('www', 'ID1') == (True, 'classic')
     assert loaded.renewal_info('www', 'ID1') == renewal_info(m, 1, 2)
     assert loaded.renewal_info('www', 'ID2') is None
@@ -173,14 +173,14 @@ def test_certificate_records(acmebot_module, tmp_path):
     assert os.stat(path).st_mtime_ns == mtime                 # unchanged: not rewritten
     loaded.forget('www', 'ID1')                               # ID1 was replaced
     loaded.save(['www'])
-    assert list(m.CertificateNotes.load(path).entries['www']) == ['ID2']
+    assert list(m.CertificatesFile.load(path).entries['www']) == ['ID2']
     with open(path, 'w') as file:
         file.write('{"certificates": [')
-    damaged = m.CertificateNotes.load(path)
+    damaged = m.CertificatesFile.load(path)
     assert damaged.profile('www', 'ID2') == (False, None)    # unknown: no profile reissue
     damaged.keep('www', None)                                # no certificate on disk
     damaged.save(['www'])
-    assert m.CertificateNotes.load(path).entries == {}
+    assert m.CertificatesFile.load(path).entries == {}
 
 
 def test_csr_carries_common_name_and_all_names(acmebot_module, keys):
@@ -668,17 +668,21 @@ def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
     assert [key.key_size for key in keys] == [2048, 2048, 3072]
     assert len({key.private_numbers().p for key in keys}) == 3
     assert pool.take(2048) is None and pool.take(4096) is None      # then made on demand
-    directories = m.parse_config({'settings': {'file_group': 'root'}, 'directories': {
-        'private_key': str(tmp_path)}, 'certificates': {
+    config = m.parse_config({'settings': {'file_group': 'root'}, 'certificates': {
         name: {'alt_names': {'example.test': [name]}, 'common_name': f'{name}.example.test',
-               'key_size': 3072} for name in ('new', 'half', 'whole')}},
-        str(tmp_path / 'acmebot.json'))
-    (tmp_path / 'half.key').write_text('x')
-    (tmp_path / 'whole.key').write_text('x')
-    (tmp_path / 'whole_backup.key').write_text('x')
-    keys_config = directories.private_keys
-    assert m.rsa_keys_to_generate(directories.files, keys_config, False) == [3072] * 3
-    assert m.rsa_keys_to_generate(directories.files, keys_config, True) == [3072] * 4
+               'key_size': 3072, 'key_types': ['rsa', 'ecdsa']}
+        for name in ('new', 'half', 'whole')}}, str(tmp_path / 'acmebot.json'))
+    stored = m.StoredKey(b'public', b'pem', 0.0)
+
+    def state(key, primary, backup):
+        plans = {key_type: m.KeyPlan(key_type, key_type, m.KeyAction.KEEP, primary, backup,
+                                     None) for key_type in ('rsa', 'ecdsa')}
+        return m.KeyState(key, plans, [])
+
+    new, half, whole = config.private_keys
+    # what the plans leave to generate, RSA only: a missing pair is two, a missing key one
+    assert m.rsa_keys_to_generate([state(new, None, None), state(half, stored, None),
+                                   state(whole, stored, stored)]) == [3072] * 3
 
 
 def test_polling_grows_its_waits_honours_retry_after_and_stops_in_time(acmebot_module):
@@ -744,7 +748,7 @@ def test_run_outcome_logs_each_failure_once_and_derives_the_rest(acmebot_module,
     assert outcome.exit_status == m.EXIT_FAILURE
     # a key that failed before its certificates were looked at fails all of them
     early = m.RunOutcome()
-    early.key_failed(key, m.FileError('cannot read /etc/ssl/private/k.key'))
+    early.keys_failed([(key, m.FileError('cannot read /etc/ssl/private/k.key'))])
     assert [failure.cert.name for failure in early.failures] == ['a', 'b']
     # a certificate its servers do not present fails the run, once per certificate name
     served = m.RunOutcome()
@@ -808,9 +812,8 @@ def test_dns_persist_challenge_without_issuer_domain_fails_clearly(acmebot_modul
     challenge = m.PendingChallenge(authzr, body.challenges[0], m.ChallengeType.DNS_PERSIST_01,
                                    'example.test', m.acme_challenges.DNS01Response(), '',
                                    record_name='_validation-persist.www.example.test')
-    ctx = types.SimpleNamespace(clock=m.Clock(), dns=None, persistent_seen={})
-    acme = types.SimpleNamespace(registration=types.SimpleNamespace(uri='https://ca/acct/1'))
-    [(label, error)] = m.check_persistent_records(ctx, acme, [challenge]).items()
+    ctx = types.SimpleNamespace(clock=m.Clock(), dns=None, state=m.RunState())
+    [(label, error)] = m.check_persist_records(ctx, 'https://ca/acct/1', [challenge]).items()
     assert label == 'www.example.test'
     assert str(error) == ("the CA's dns-persist-01 challenge for www.example.test names no "
                           'issuer domain (issuer-domain-names), so no record can match it')
