@@ -6,11 +6,13 @@ import base64
 import dataclasses
 import datetime
 import hashlib
+import json
 import logging
 import os
 import stat
 import subprocess
 import types
+import typing
 
 import pytest
 from cryptography import x509
@@ -901,3 +903,52 @@ def test_caa_refusal_of_several_methods(acmebot_module):
                        'http-01") do not allow ca.test with account https://ca.test/acct/1 '
                        'validating by dns-persist-01 or dns-account-01; issue "ca.test; '
                        'accounturi=https://ca.test/acct/1" would')
+
+
+def test_status_records_have_one_reader_and_one_writer(acmebot_module):
+    """A status.json certificate entry reads back as it was written; a value of the wrong
+    type reads as none rather than stopping --status or the run."""
+    m = acmebot_module
+    utc = datetime.timezone.utc
+    record = m.CertificateRecord(
+        datetime.datetime(2026, 1, 1, tzinfo=utc), datetime.datetime(2026, 4, 1, tzinfo=utc),
+        'ab12', 'https://ca.test/dir', datetime.datetime(2026, 3, 2, 12, 0, 30, 999, tzinfo=utc),
+        'renewal at ...', m.Attempt(datetime.datetime(2026, 1, 1, 0, 5, tzinfo=utc), 'refused'),
+        2, None, {'https://ca.test/dir': datetime.datetime(2026, 1, 2, tzinfo=utc)})
+    assert record.renewal_time.microsecond == 0          # as the file holds it
+    assert m.CertificateRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    junk = m.CertificateRecord.from_json({
+        'not_after': 17, 'renewal': {'time': 'soon'}, 'last_attempt': {'time': []},
+        'failed_runs': True, 'rate_limited': {'https://ca.test/dir': 'later'}, 'ca': 3})
+    assert junk == m.CertificateRecord()
+    assert m.CertificateRecord.from_json('not an object') == m.CertificateRecord()
+
+
+def _conforms(value, hint) -> bool:
+    """Whether value is of the type hint (the few forms Settings uses)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_conforms(item, typing.get_args(hint)[0])
+                                                for item in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def test_settings_defaults_are_of_the_declared_types(acmebot_module, tmp_path):
+    """The SETTINGS table declares each setting, its default (as JSON) and how it is read;
+    Settings, the typed view built from it (the same names: test_config), declares the
+    types: every default, read as the table reads it, is of the type Settings declares."""
+    m = acmebot_module
+    hints = typing.get_type_hints(m.Settings, vars(m))
+    settings = m.parse_config({'settings': {'file_group': 'root'}},
+                              str(tmp_path / 'acmebot.json')).settings
+    for setting in m.SETTINGS:
+        value = getattr(settings, setting.name)
+        assert _conforms(value, hints[setting.name]), (setting.name, value)
+        assert getattr(value, 'value', value) == setting.default or \
+            setting.name == 'file_group', setting.name
