@@ -677,8 +677,8 @@ def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
     stored = m.StoredKey(b'public', b'pem', 0.0)
 
     def state(key, primary, backup):
-        plans = {key_type: m.KeyPlan(key_type, key_type, m.KeyAction.KEEP, primary, backup,
-                                     None) for key_type in ('rsa', 'ecdsa')}
+        plans = {key_type: m.KeyPlan(key_type, key_type, m.KeyAction.KEEP, primary, backup)
+                 for key_type in ('rsa', 'ecdsa')}
         return m.KeyState(key, plans, [])
 
     new, half, whole = config.private_keys
