@@ -83,7 +83,7 @@ def old_pebble(environment: Environment, tmp_path_factory: pytest.TempPathFactor
     """Debian 12's Pebble 2.4: neither renewal information nor profiles; 6-day
     certificates."""
     if not os.access(PEBBLE_2_4, os.X_OK):
-        raise RuntimeError(f'{PEBBLE_2_4} is missing: run tests/install-test-deps')
+        raise RuntimeError(f'{PEBBLE_2_4} is missing: run tests/install-test-deps --test-machine')
     yield from started_pebble(tmp_path_factory, 'pebble-2.4', binary=PEBBLE_2_4,
                               validity=6 * DAY)
 

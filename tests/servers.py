@@ -482,7 +482,8 @@ class Environment:
 def start_environment(root: str, blocklist: tuple[str, ...] = ()) -> Iterator[Environment]:
     for tool in ('named', 'pebble'):
         if not shutil.which(tool):
-            raise RuntimeError(f'{tool} is not installed: run tests/install-test-deps')
+            raise RuntimeError(f'{tool} is not installed: run tests/install-test-deps '
+                               '--test-machine')
     env = Environment(root, Bind(os.path.join(root, 'bind')),
                       HttpServer(os.path.join(root, 'webroot')),
                       Pebble(os.path.join(root, 'pebble'), blocklist=blocklist))
@@ -751,7 +752,7 @@ class Caddy:
 
     def start(self) -> None:
         if not shutil.which('caddy'):
-            raise RuntimeError('caddy is not installed: run tests/install-test-deps')
+            raise RuntimeError('caddy is not installed: run tests/install-test-deps --test-machine')
         os.makedirs(self.directory, exist_ok=True)
         conf = os.path.join(self.directory, 'Caddyfile')
         with open(conf, 'w') as file:

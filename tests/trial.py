@@ -4,7 +4,8 @@ server on loopback, run acmebot against them with a sample configuration, show t
 it produced, and clean everything up. Nothing outside 127.0.0.0/8 is contacted.
 
 Run as root (BIND and the web server use ports 53 and 80) after installing the test
-prerequisites (sh tests/install-test-deps):  .venv/bin/python tests/trial.py [--keep]
+prerequisites on a test machine (sh tests/install-test-deps --test-machine):
+    .venv/bin/python tests/trial.py [--keep]
 """
 
 from __future__ import annotations
