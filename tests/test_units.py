@@ -157,17 +157,22 @@ def test_certificate_records(acmebot_module, tmp_path):
     path = str(tmp_path / 'resource' / 'certificates.json')
     records = m.CertificatesFile.load(path)
     assert records.profile('www', 'ID1') == (True, None)     # no record: issued under none
-    records.set_profile('www', 'ID1', 'classic')
-    records.set_renewal_info('www', 'ID1', renewal_info(m, 1, 2))
-    records.set_profile('www', 'ID2', 'shortlived')
-    records.set_profile('gone', 'ID9', None)
+    records.noted('www', 'ID1').profile = 'classic'
+    records.noted('www', 'ID1').renewal_info = renewal_info(m, 1, 2)
+    records.noted('www', 'ID2').profile = 'shortlived'
+    records.noted('gone', 'ID9').chain_length = 2
     records.keep('www', 'ID1', 'ID2')
     records.save(['www', 'mail'])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     loaded = m.CertificatesFile.load(path)
     assert loaded.profile('www', 'ID1') == (True, 'classic')
-    assert loaded.renewal_info('www', 'ID1') == renewal_info(m, 1, 2)
-    assert loaded.renewal_info('www', 'ID2') is None
+    assert loaded.note('www', 'ID1').renewal_info == renewal_info(m, 1, 2)
+    assert loaded.note('www', 'ID2').renewal_info is None
+    with open(path) as file:        # the file as before entries were typed
+        entries = json.load(file)['certificates']
+    assert entries['www']['ID2'] == {'profile': 'shortlived'}
+    assert set(entries['www']['ID1']['renewal_info']) == {
+        'window_start', 'window_end', 'renewal_time', 'explanation_url', 'next_check'}
     assert 'gone' not in loaded.entries                      # no longer configured
     mtime = os.stat(path).st_mtime_ns
     loaded.keep('www', 'ID1', 'ID2')
@@ -678,7 +683,7 @@ def test_key_pool_hands_out_the_keys_generated_ahead(acmebot_module, tmp_path):
 
     def state(key, primary, backup):
         plans = {key_type: m.KeyPlan(key_type, key_type, m.KeyAction.KEEP, primary, backup)
-                 for key_type in ('rsa', 'ecdsa')}
+                 for key_type in m.KeyType}
         return m.KeyState(key, plans, [])
 
     new, half, whole = config.private_keys
