@@ -5,6 +5,7 @@ live in sites.py (sites and configurations) and servers.py (the servers)."""
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from servers import (
     PORTS,
     Caddy,
     Environment,
+    HostedDns,
     Knot,
     Pebble,
     PowerDns,
@@ -50,14 +52,21 @@ def site(environment: Environment, tmp_path: Any) -> Site:
 # ---- further CAs, each started when a test first needs it ----------------------------
 
 
+_Server = typing.TypeVar('_Server', bound=typing.Any)
+
+
+def started(server: _Server) -> Iterator[_Server]:
+    """A fixture's server, started, and stopped when the fixture ends."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def started_pebble(factory: pytest.TempPathFactory, name: str, **options: Any
                    ) -> Iterator[Pebble]:
-    pebble = Pebble(str(factory.mktemp(name)), name, **options)
-    pebble.start()
-    try:
-        yield pebble
-    finally:
-        pebble.stop()
+    yield from started(Pebble(str(factory.mktemp(name)), name, **options))
 
 
 @pytest.fixture(scope='session')
@@ -107,34 +116,26 @@ def fallback_pebble(environment: Environment, tmp_path_factory: pytest.TempPathF
 @pytest.fixture
 def proxy(environment: Environment) -> Iterator[CaProxy]:
     """A CA that can fail on demand: a proxy in front of the shared Pebble (ca_proxy.py)."""
-    proxy = CaProxy(environment.pebble, PORTS['ca-proxy'])
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+    yield from started(CaProxy(environment.pebble, PORTS['ca-proxy']))
 
 
 @pytest.fixture(scope='session')
 def caddy(environment: Environment, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Caddy]:
     """Caddy's ACME server (the smallstep CA), validating through the test BIND."""
-    server = Caddy(str(tmp_path_factory.mktemp('caddy')))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started(Caddy(str(tmp_path_factory.mktemp('caddy'))))
 
 
 @pytest.fixture(scope='session', params=['knot', 'powerdns'])
 def update_server(environment: Environment, tmp_path_factory: pytest.TempPathFactory,
                   request: pytest.FixtureRequest) -> Iterator[UpdateServer]:
     """Knot DNS or PowerDNS, each authoritative for a zone of its own on 127.0.0.1."""
-    server = {'knot': Knot, 'powerdns': PowerDns}[request.param](
-        str(tmp_path_factory.mktemp(request.param)))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from started({'knot': Knot, 'powerdns': PowerDns}[request.param](
+        str(tmp_path_factory.mktemp(request.param))))
+
+
+@pytest.fixture(scope='session')
+def hosted_dns(environment: Environment, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[HostedDns]:
+    """A DNS host: PowerDNS changed through its HTTP API (dns-lexicon's powerdns provider)."""
+    yield from started(HostedDns(str(tmp_path_factory.mktemp('hosted-dns'))))

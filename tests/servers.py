@@ -41,6 +41,8 @@ BIND_ADDRESS = '127.0.0.1'
 HTTP_ADDRESS = '127.53.0.80'
 NGINX_ADDRESS = '127.53.0.81'
 APACHE_ADDRESS = '127.53.0.82'
+HOSTED_ADDRESS = '127.53.0.53'          # a DNS host: PowerDNS serving HOSTED_ZONE, and its API
+HOSTED_ZONE = 'hosted.test'
 
 # Every port the tests use, in one table. The standard ports are free because each server
 # has its own loopback address (see TESTING.md).
@@ -59,6 +61,7 @@ PORTS = {
     'ca-proxy': 14008,                          # tests/ca_proxy.py, before the shared Pebble
     'caddy': 14100,                             # Caddy's ACME server (smallstep CA)
     'knot': 5301, 'powerdns': 5302,             # RFC 2136 servers beside BIND
+    'hosted-dns': 53, 'hosted-dns-api': 8081,   # PowerDNS with its HTTP API, on HOSTED_ADDRESS
     'nginx': 8443, 'apache': 8444,
     'node-exporter': 9100,                      # Prometheus node exporter, textfile only
 }
@@ -282,6 +285,8 @@ class Resolver:
     max-ncache-ttl 0;
 }};
 controls {{ }};
+zone "{HOSTED_ZONE}" {{ type forward; forward only;
+    forwarders {{ {HOSTED_ADDRESS} port {PORTS['hosted-dns']}; }}; }};
 ''')
         with open(os.path.join(self.directory, 'named.log'), 'w') as output:
             self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
@@ -875,6 +880,85 @@ zone:
         self.launch(['knotd', '-c', conf])
 
 
+def powerdns_setup(directory: str, address: str, port: int, options: str) -> None:
+    """An empty SQLite database for PowerDNS in directory, and its pdns.conf listening on
+    address and port in the foreground, with options (lines) added."""
+    os.makedirs(directory, exist_ok=True)
+    database = os.path.join(directory, 'pdns.sqlite3')
+    with open('/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql') as schema:
+        subprocess.run(['sqlite3', database], stdin=schema, check=True)
+    with open(os.path.join(directory, 'pdns.conf'), 'w') as file:
+        file.write(f'''launch=gsqlite3
+gsqlite3-database={database}
+local-address={address}
+local-port={port}
+daemon=no
+guardian=no
+socket-dir={directory}
+''' + options)
+
+
+class HostedDns:
+    """A DNS host: PowerDNS serving HOSTED_ZONE on HOSTED_ADDRESS port 53, changed through its
+    HTTP API (api-key) as dns-lexicon's powerdns provider does. The test BIND knows nothing of
+    the zone; the resolver (Pebble's, and acmebot's in these tests) forwards it here."""
+    zone = HOSTED_ZONE
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.api_key = secrets.token_urlsafe(24)
+        self.url = f"http://{HOSTED_ADDRESS}:{PORTS['hosted-dns-api']}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        powerdns_setup(self.directory, HOSTED_ADDRESS, PORTS['hosted-dns'], f'''api=yes
+api-key={self.api_key}
+webserver=yes
+webserver-address={HOSTED_ADDRESS}
+webserver-port={PORTS['hosted-dns-api']}
+webserver-allow-from=127.0.0.0/8
+''')
+        zone_file = os.path.join(self.directory, f'{self.zone}.zone')
+        with open(zone_file, 'w') as file:
+            file.write(f'''$ORIGIN {self.zone}.
+$TTL 60
+@   SOA ns1.{self.zone}. admin.{self.zone}. 1 3600 600 86400 60
+@   NS  ns1.{self.zone}.
+ns1 A   {HOSTED_ADDRESS}
+@   A   {HTTP_ADDRESS}
+*   A   {HTTP_ADDRESS}
+''')
+        subprocess.run(['pdnsutil', f'--config-dir={self.directory}', 'load-zone', self.zone,
+                        zone_file], check=True, capture_output=True)
+        with open(os.path.join(self.directory, 'pdns.log'), 'w') as output:
+            self.process = subprocess.Popen(['pdns_server', f'--config-dir={self.directory}'],
+                                            stdout=output, stderr=subprocess.STDOUT)
+        come_up(self, lambda: self.query(self.zone, 'SOA') and self.api('GET', ''),
+                'PowerDNS with its API')
+
+    def query(self, name: str, rdtype: str) -> list[str]:
+        return served_values(HOSTED_ADDRESS, PORTS['hosted-dns'], name, rdtype)
+
+    def api(self, method: str, path: str, body: dict | None = None) -> object:
+        """A request to the API of the zone (path after /zones/ZONE.)."""
+        request = urllib.request.Request(
+            f'{self.url}/api/v1/servers/localhost/zones/{self.zone}.{path}', method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={'X-API-Key': self.api_key, 'Content-Type': 'application/json'})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+    def set_records(self, name: str, rdtype: str, values: list[str], ttl: int = 60) -> None:
+        """Replace name/rdtype by hand (values as PowerDNS writes them: TXT quoted)."""
+        self.api('PATCH', '', {'rrsets': [{
+            'name': name.rstrip('.') + '.', 'type': rdtype, 'ttl': ttl, 'changetype': 'REPLACE',
+            'records': [{'content': value, 'disabled': False} for value in values]}]})
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 class PowerDns(UpdateServer):
     """PowerDNS with its SQLite backend: an unknown key or a wrong secret is answered with an
     unsigned REFUSED, a known key not allowed for the zone with a signed one."""
@@ -882,20 +966,8 @@ class PowerDns(UpdateServer):
     zone = 'pdns.test'
 
     def start(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        database = os.path.join(self.directory, 'pdns.sqlite3')
-        with open('/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql') as schema:
-            subprocess.run(['sqlite3', database], stdin=schema, check=True)
-        with open(os.path.join(self.directory, 'pdns.conf'), 'w') as file:
-            file.write(f'''launch=gsqlite3
-gsqlite3-database={database}
-local-address={BIND_ADDRESS}
-local-port={self.port}
-dnsupdate=yes
+        powerdns_setup(self.directory, BIND_ADDRESS, self.port, '''dnsupdate=yes
 allow-dnsupdate-from=127.0.0.0/8
-daemon=no
-guardian=no
-socket-dir={self.directory}
 webserver=no
 api=no
 ''')

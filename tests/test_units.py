@@ -957,3 +957,42 @@ def test_settings_defaults_are_of_the_declared_types(acmebot_module, tmp_path):
         assert _conforms(value, hints[setting.name]), (setting.name, value)
         assert getattr(value, 'value', value) == setting.default or \
             setting.name == 'file_group', setting.name
+
+
+def test_provider_answers_are_short_safe_and_keep_no_secret(acmebot_module):
+    """What a DNS provider's API answered, from the exceptions its client (requests)
+    raises: the status and the message however the body nests it, a connection failure by
+    its cause, control characters escaped, long answers cut, secrets redacted."""
+    import requests
+    m = acmebot_module
+
+    def http_error(status: int, body: bytes, reason: str = 'Forbidden') -> Exception:
+        response = requests.Response()
+        response.status_code, response.reason, response._content = status, reason, body
+        return requests.HTTPError(f'{status} Client Error', response=response)
+
+    cloudflare = b'{"success": false, "errors": [{"code": 9109, "message": "Invalid API token"}]}'
+    assert m.provider_answer(http_error(403, cloudflare)) == 'HTTP 403: Invalid API token'
+    assert m.provider_answer(http_error(422, b'{"error": "RRset x. IN TXT: bad"}')) == \
+        'HTTP 422: RRset x. IN TXT: bad'
+    assert m.provider_answer(http_error(401, b'Unauthorized')) == 'HTTP 401: Unauthorized'
+    assert m.provider_answer(http_error(502, b'', 'Bad Gateway')) == 'HTTP 502 Bad Gateway'
+    assert m.provider_answer(http_error(500, b'line one\nline\x1b[31m two')) == \
+        'HTTP 500: line one line\\x1b[31m two'
+    assert len(m.provider_answer(http_error(500, b'x' * 5000))) == m.MAX_API_MESSAGE
+
+    request = requests.Request('GET', 'https://user:pw@api.example:8443/zones?token=t').prepare()
+    refused = requests.ConnectionError('Max retries exceeded ...', request=request)
+    refused.__cause__ = ConnectionRefusedError(111, 'Connection refused')
+    assert m.provider_answer(refused) == \
+        'cannot reach https://api.example:8443: Connection refused'
+    assert m.provider_answer(ValueError('no zone')) == 'no zone'
+    assert m.provider_answer(requests.exceptions.InvalidURL('bad url')) == 'InvalidURL: bad url'
+
+    m.REDACTED.add('s3cr3t-token-value')
+    try:
+        assert m.provider_answer(http_error(400, b'{"message": "token s3cr3t-token-value '
+                                                 b'is not valid"}')) == \
+            'HTTP 400: token [redacted] is not valid'
+    finally:
+        m.REDACTED.discard('s3cr3t-token-value')
