@@ -43,6 +43,30 @@ def launch_acmebot(*args: str, cwd: str | None = None, wait: bool = True,
                           env=env, check=False)
 
 
+def reporting_imports(directory) -> tuple[dict[str, str], str]:
+    """An environment under which Python writes, as it exits, the top-level packages of
+    the modules it loaded (sys.modules: acmebot's deferred imports put a stand-in there
+    only while its imports are under way), and the file it writes them to. acmebot ends
+    with os._exit (no atexit handlers): the report is written then."""
+    site_dir = os.path.join(directory, 'report-imports')
+    os.makedirs(site_dir, exist_ok=True)
+    report = os.path.join(site_dir, 'modules.txt')
+    with open(os.path.join(site_dir, 'sitecustomize.py'), 'w') as file:
+        file.write('import os, sys\n'
+                   'exit_now = os._exit\n'
+                   'def report_and_exit(status):\n'
+                   f'    with open({report!r}, "w") as file:\n'
+                   '        file.write("\\n".join({name.split(".")[0] for name in sys.modules}))\n'
+                   '    exit_now(status)\n'
+                   'os._exit = report_and_exit\n')
+    return {**os.environ, 'PYTHONPATH': site_dir}, report
+
+
+def imported(report: str) -> set[str]:
+    with open(report) as file:
+        return set(file.read().split())
+
+
 def load_acmebot_module() -> Any:
     """Import the extensionless script as a module (for unit tests of pure functions)."""
     if 'acmebot' in sys.modules:

@@ -11,7 +11,15 @@ import socket
 import sys
 
 from servers import PORTS
-from sites import assert_ok, dns_certificate, launch_acmebot, pem_certificates, san
+from sites import (
+    assert_ok,
+    dns_certificate,
+    imported,
+    launch_acmebot,
+    pem_certificates,
+    reporting_imports,
+    san,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESOLVER = f"127.0.0.1:{PORTS['resolver']}"     # it forwards the hosted zone to PowerDNS
@@ -71,10 +79,13 @@ def test_provider_zone_publishes_challenges_and_tlsa_through_the_api(site, hoste
     assert len(served) == 2, served                 # the primary and the backup key
     assert_secret_kept(site, result, hosted_dns.api_key)
 
-    again = site.run('--verbose')                   # nothing changed: no update
+    # nothing changed: no update, and dns-lexicon is not even imported
+    env, report = reporting_imports(site.root)
+    again = launch_acmebot('--config', site.config_path, '--verbose', env=env)
     assert_ok(again)
     assert 'updating TLSA records' not in again.stdout
     assert sorted(hosted_dns.query(tlsa, 'TLSA')) == served
+    assert 'argparse' in imported(report) and 'lexicon' not in imported(report)
 
     rollover = site.run('--rollover', '--force', '--verbose')
     assert_ok(rollover)
@@ -151,6 +162,9 @@ def test_provider_refusal_names_the_provider_and_its_answer_not_the_key(site, ho
            'powerdns provider: HTTP 401' in result.stderr, result.stderr
     assert 'Traceback' not in result.stderr
     assert_secret_kept(site, result, wrong)
+    debug = site.run('--debug')                  # tracebacks and library logs: redacted
+    assert debug.returncode == 1 and 'Traceback' in debug.stderr
+    assert_secret_kept(site, debug, wrong)
     check = site.run('--check', '--json')
     assert check.returncode == 1
     assert 'HTTP 401' in check.stdout and wrong not in check.stdout + check.stderr
@@ -232,22 +246,17 @@ def test_provider_configuration_errors_name_the_json_path_and_touch_nothing(site
 
 
 def test_provider_zone_without_dns_lexicon_names_the_extra(site, tmp_path):
-    """As if dns-lexicon were not installed (a sitecustomize hides it): exit 2 naming the
-    extra; a configuration without zone_providers does not need it."""
+    """As if dns-lexicon were not installed (a sitecustomize hides it from the import
+    system): exit 2 naming the extra; a configuration without zone_providers does not need
+    it."""
     (tmp_path / 'hide').mkdir()
     (tmp_path / 'hide' / 'sitecustomize.py').write_text(
-        'import importlib.metadata, sys\n'
+        'import sys\n'
         'class Hide:\n'
         '    def find_spec(self, name, path=None, target=None):\n'
         "        if name.split('.')[0] == 'lexicon':\n"
         '            raise ModuleNotFoundError(name)\n'
-        'sys.meta_path.insert(0, Hide())\n'
-        'version = importlib.metadata.version\n'
-        'def hidden(name):\n'
-        "    if name == 'dns-lexicon':\n"
-        '        raise importlib.metadata.PackageNotFoundError(name)\n'
-        '    return version(name)\n'
-        'importlib.metadata.version = hidden\n')
+        'sys.meta_path.insert(0, Hide())\n')
     env = {**os.environ, 'PYTHONPATH': str(tmp_path / 'hide')}
     site.config['zone_providers'] = {'hosted.test': {'provider': 'powerdns'}}
     site.write_config()

@@ -11,33 +11,16 @@ import subprocess
 import sys
 
 import pytest
-from sites import ACMEBOT, assert_ok, http_certificate, launch_acmebot
+from sites import (
+    ACMEBOT,
+    assert_ok,
+    http_certificate,
+    imported,
+    launch_acmebot,
+    reporting_imports,
+)
 
 LIBRARIES = ('acme', 'josepy', 'requests', 'urllib3')
-
-
-def reporting_imports(directory) -> tuple[dict[str, str], str]:
-    """An environment under which Python writes, as it exits, the top-level packages of
-    the modules it loaded (sys.modules: acmebot's deferred imports put a stand-in there
-    only while its imports are under way), and the file it writes them to. acmebot ends
-    with os._exit (no atexit handlers): the report is written then."""
-    site_dir = os.path.join(directory, 'report-imports')
-    os.makedirs(site_dir, exist_ok=True)
-    report = os.path.join(site_dir, 'modules.txt')
-    with open(os.path.join(site_dir, 'sitecustomize.py'), 'w') as file:
-        file.write('import os, sys\n'
-                   'exit_now = os._exit\n'
-                   'def report_and_exit(status):\n'
-                   f'    with open({report!r}, "w") as file:\n'
-                   '        file.write("\\n".join({name.split(".")[0] for name in sys.modules}))\n'
-                   '    exit_now(status)\n'
-                   'os._exit = report_and_exit\n')
-    return {**os.environ, 'PYTHONPATH': site_dir}, report
-
-
-def imported(report: str) -> set[str]:
-    with open(report) as file:
-        return set(file.read().split())
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])

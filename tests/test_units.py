@@ -996,3 +996,57 @@ def test_provider_answers_are_short_safe_and_keep_no_secret(acmebot_module):
             'HTTP 400: token [redacted] is not valid'
     finally:
         m.REDACTED.discard('s3cr3t-token-value')
+
+
+def test_provider_options_read_from_source_are_what_the_providers_declare(acmebot_module):
+    """acmebot reads each dns-lexicon provider's options from its source, without importing
+    dns-lexicon; for every provider that imports here, they are what its configure_parser
+    declares to argparse."""
+    import argparse
+    import importlib
+    import pkgutil
+    import warnings
+    m = acmebot_module
+    directory = os.path.join(os.path.dirname(importlib.util.find_spec('lexicon').origin),
+                             '_private', 'providers')
+    compared = 0
+    for info in pkgutil.iter_modules([directory]):
+        if info.name == 'auto':
+            continue
+        read = m._lexicon_provider(info.name, 'zone_providers.example.com.provider')
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                module = importlib.import_module(f'lexicon._private.providers.{info.name}')
+        except ImportError:             # it needs a package of dns-lexicon's extras
+            continue
+        parser = argparse.ArgumentParser(add_help=False)
+        module.Provider.configure_parser(parser)
+        assert read == {action.dest for action in parser._actions}, info.name
+        compared += 1
+    assert compared >= 70
+    with pytest.raises(m.ConfigError, match='auto provider finds the provider by asking'):
+        m._lexicon_provider('auto', 'zone_providers.example.com.provider')
+
+
+def test_secrets_are_redacted_from_log_lines_and_tracebacks(acmebot_module):
+    import io
+    m = acmebot_module
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(m._RedactingFilter())
+    logger = logging.getLogger('acmebot-redaction-test')
+    logger.addHandler(handler)
+    m.REDACTED.update({'tok3n-secret-value', 'abc'})
+    try:
+        try:
+            raise ValueError('the API refused tok3n-secret-value')
+        except ValueError as error:
+            logger.error('calling with %s failed: abc', 'tok3n-secret-value', exc_info=error)
+    finally:
+        m.REDACTED.difference_update({'tok3n-secret-value', 'abc'})
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert 'tok3n-secret-value' not in text
+    assert 'calling with [redacted] failed: abc' in text     # too short to be a secret
+    assert 'ValueError: the API refused [redacted]' in text
