@@ -1050,3 +1050,26 @@ def test_secrets_are_redacted_from_log_lines_and_tracebacks(acmebot_module):
     assert 'tok3n-secret-value' not in text
     assert 'calling with [redacted] failed: abc' in text     # too short to be a secret
     assert 'ValueError: the API refused [redacted]' in text
+
+
+def test_readme_provider_examples_are_valid(acmebot_module, tmp_path):
+    """Every zone_providers example in the README names a provider and options the
+    installed dns-lexicon has (its files present)."""
+    import re
+    m = acmebot_module
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'README.md')) as file:
+        readme = file.read()
+    blocks = re.findall(r'\n    "zone_providers": (\{\n.*?\n    \})\n', readme, re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        section = json.loads(block)
+        for spec in section.values():
+            for key, value in spec.items():
+                if key.endswith('_file'):
+                    (tmp_path / value).write_text('secret-of-the-example\n')
+        providers = m._parse_zone_providers(m._JsonObject(section, 'zone_providers'), {},
+                                            str(tmp_path))
+        assert set(providers) == set(section)
+    assert {provider.name for provider in providers.values()} == {
+        'cloudflare', 'powerdns', 'hetzner', 'ovh'}
