@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -37,6 +38,7 @@ from sites import (
 from sites import mode as file_mode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HOOK = os.path.join(HERE, 'record_hook.py')
 
 
 def shared_key_site(site, services=None):
@@ -156,11 +158,19 @@ def test_rollover_refused_inside_hpkp_window_then_forced(site):
     assert_ok(site.run())
     age_file(site.path('private_key', 'site_backup.key'), 10)
     before = site.snapshot()
+    hooks = os.path.join(site.root, 'hooks.log')
+    site.config['hooks'] = {'renewal_failed': [[sys.executable, HOOK, hooks]]}
     refused = site.run('--rollover')
     assert refused.returncode == 1
     assert re.search(r'site: refusing to roll over: the backup key is 10 days old, younger '
                      r'than hpkp_days \(30\).*--force', refused.stderr)
     assert site.snapshot() == before
+    # a refused command is no failed renewal: nobody is paged, the certificate is fine
+    assert not os.path.exists(hooks)
+    status = site.run('--status').stdout
+    [line] = [line for line in status.splitlines() if line.startswith('site rsa: ')]
+    assert 'fail' not in line and 'attempt' not in line, status
+    del site.config['hooks']
 
     old_primary = site.read('private_key', 'site.key')
     old_backup = site.read('private_key', 'site_backup.key')

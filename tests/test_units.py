@@ -417,9 +417,9 @@ def test_plan_key_action(acmebot_module, has_primary, backup_age, rollover, forc
 
 def test_plan_key_action_refusals(acmebot_module):
     m = acmebot_module
-    with pytest.raises(m.AcmebotError, match=r'10 days old, younger than hpkp_days \(30\)'):
+    with pytest.raises(m.CommandRefused, match=r'10 days old, younger than hpkp_days \(30\)'):
         m.plan_key_action(True, 10, True, False, 30)
-    with pytest.raises(m.AcmebotError, match='no backup key to roll over to'):
+    with pytest.raises(m.CommandRefused, match='no backup key to roll over to'):
         m.plan_key_action(True, None, True, True, 30)
 
 
