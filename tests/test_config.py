@@ -84,7 +84,10 @@ def test_configuration_error_exits_2_and_creates_nothing(tmp_path):
 
 
 @pytest.mark.parametrize('extra, pattern', [
-    ({'settings__renewal_dayz': 30}, r'settings\.renewal_dayz: unknown setting'),
+    ({'settings__renewal_dayz': 30},
+     r'settings\.renewal_dayz: unknown setting; did you mean renewal_days\?$'),
+    ({'settings__dns_resolver': ['127.0.0.1']},
+     r'settings\.dns_resolver: unknown setting; did you mean dns_resolvers\?$'),
     ({'settings__renewal_days': '30d'}, r'settings\.renewal_days: expected a whole number.*"30d"'),
     ({'settings__slave_mode': 1}, r'settings\.slave_mode: expected true or false'),
     ({'settings__profile': ''}, r'settings\.profile: expected null or the name of a profile'),
@@ -605,7 +608,15 @@ def test_malformed_value_names_path_and_touches_nothing(tmp_path, extra, pattern
     ('{"x": ' + '[' * 1000 + ']' * 1000 + '}', (r'nested more than 64 levels deep at line 1, '
                                                r'column 70')),
     ('{\n  "account": {\n    "email": }\n}', (r'is not valid JSON: Expecting value at line 3, '
-                                            r'column 14')),
+                                            r'column 14: "email": }$')),
+    ('{\n  "account": {"email": "a@example.test",}\n}',
+     (r'line 2, column 41; perhaps a comma after the last item \(JSON allows none before } '
+      r'or ]\): "account": {"email": "a@example.test",}$')),
+    ('{\n  // the account\n  "account": {}\n}', (r'line 2, column 3; perhaps a comment \(JSON '
+                                                 r'has none\): // the account$')),
+    ("{'account': {}}", r'perhaps single quotes \(JSON strings take double quotes\)'),
+    ('{"account": {}\n "settings": {}}', (r'line 2, column 2; perhaps a missing comma between '
+                                         r'two items: "settings": {}}$')),
 ])
 def test_not_strict_json_is_refused_with_its_position(tmp_path, text, pattern):
     assert_rejected_file(tmp_path, text.encode(), pattern)
