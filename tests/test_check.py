@@ -212,6 +212,22 @@ def test_dry_run_obtains_from_the_test_ca_and_keeps_nothing(site, proxy):
     assert not os.path.exists(site.path('resource', 'challenges.json'))
 
 
+def test_dry_run_at_the_installed_certificates_ca_orders_no_replacement(site, proxy):
+    """With the test CA the one that issued the installed certificate (a staging setup),
+    the dry run's order carries no "replaces": the CA would refuse it, or take the installed
+    certificate as replaced."""
+    site.config['settings'].update(acme_directory_url=proxy.url,
+                                   dry_run_directory_url=proxy.url)
+    dns_certificate(site, labels=('dryrepl',))
+    assert_ok(site.run())
+    proxy.requests.clear()
+    result = site.run('--dry-run', '--verbose')
+    assert_ok(result)
+    [order] = proxy.new_orders()
+    assert 'replaces' not in order.payload and order.payload['identifiers']
+    assert 'ordering without "replaces"' not in result.stdout
+
+
 def test_dry_run_needs_a_test_ca_unless_the_ca_is_lets_encrypt(site):
     dns_certificate(site)
     result = site.run('--dry-run')
