@@ -140,6 +140,7 @@ def test_check_names_each_failure_and_still_leaves_nothing(site):
     assert ('FAIL  DNS-01 zone example.test: ' in out and 'rejected the update signed with '
             'TSIG key ' in out), out
     assert 'BADSIG' in out
+    assert 'BADSIG' not in result.stderr             # reported once, in the report
     assert (f'FAIL  HTTP-01 {unserved}: ' in out and 'answered HTTP 404: the web server does '
             'not serve the challenge directory there' in out)
     assert f'FAIL  HTTP-01 {nowhere}: {nowhere} has no address records: the CA cannot reach ' \
