@@ -140,6 +140,11 @@ def test_configuration_error_exits_2_and_creates_nothing(tmp_path):
     ({'directories__archives': '/tmp/x'}, r'directories\.archives: unknown setting'),
     ({'certificates__example.test__common_name': 'mail.example.test'},
      r'certificates\.example\.test\.common_name: common name "mail\.example\.test" is not one'),
+    ({'certificates': {'site': {'alt_names': {'example.test': ['www.example.test', '@']},
+                                'common_name': 'www.example.test'}}},
+     (r'certificates\.site\.common_name: common name "www\.example\.test" is not one of the '
+      r'alt_names \(www\.example\.test\.example\.test, example\.test\); names in alt_names '
+      r'are relative to their zone: "www" or "@", not the full name$')),
     ({'certificates__example.test__alt_names': {'example.test': ['bad_host!']}},
      (r'certificates\.example\.test\.alt_names\.example\.test\[0\]: "bad_host!\.example\.test" is '
      r'not a valid host name')),
