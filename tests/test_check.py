@@ -224,8 +224,9 @@ def test_dry_run_at_the_installed_certificates_ca_orders_no_replacement(site, pr
     proxy.requests.clear()
     result = site.run('--dry-run', '--verbose')
     assert_ok(result)
-    [order] = proxy.new_orders()
-    assert 'replaces' not in order.payload and order.payload['identifiers']
+    orders = proxy.new_orders()          # (more than one where Pebble refused a nonce)
+    assert orders and all('replaces' not in order.payload and order.payload['identifiers']
+                          for order in orders)
     assert 'ordering without "replaces"' not in result.stdout
 
 
