@@ -243,7 +243,7 @@ def test_defaults_follow_the_seed(acmebot_module, tmp_path):
     assert (s.slave_mode, s.key_size, s.dhparam_size, s.ecparam_curve, s.file_user) == (
         False, 4096, 2048, 'secp384r1', 'root')
     assert (s.hpkp_days, s.pin_subdomains, s.renewal_days, s.expiration_days) == (
-        30, True, 30, 730)
+        0, True, 30, 730)
     assert (s.max_dns_lookup_attempts, s.dns_lookup_delay, s.max_authorization_attempts,
             s.authorization_delay) == (60, 10, 30, 10)
     assert s.acme_directory_url == 'https://acme-v02.api.letsencrypt.org/directory'

@@ -108,8 +108,8 @@ def test_rejected_dns_update_is_reported_once(site, case, answer):
 
 def two_keys(site):
     log = service_commands(site)
-    a = dns_certificate(site, name='a', labels=('fa',), services=['dovecot'])
-    b = dns_certificate(site, name='b', labels=('fb',), services=['nginx'], hpkp_days=0)
+    a = dns_certificate(site, name='a', labels=('fa',), services=['dovecot'], hpkp_days=30)
+    b = dns_certificate(site, name='b', labels=('fb',), services=['nginx'])
     return log, a + b
 
 
@@ -136,7 +136,7 @@ def test_directory_where_a_file_should_be_fails_that_key_only(site):
 
 def test_disk_full_fails_that_key_only(site):
     """The HPKP directory on a file system with room for one file: key a needs two HPKP
-    files there, key b (hpkp_days 0) none."""
+    files there, key b (HPKP off by default) none."""
     log, hosts = two_keys(site)
     os.makedirs(site.dirs['hpkp'])
     subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4k,mode=755', 'tmpfs',

@@ -46,7 +46,7 @@ def test_certificate_installed_once_per_certificate_and_key_type_after_services(
     command, log = hook(site)
     services = service_commands(site)
     http_certificate(site, name='site', labels=('www',), key_types=['rsa', 'ecdsa'],
-                     services=['nginx'])
+                     services=['nginx'], hpkp_days=30)
     site.config['hooks'] = {'certificate_installed': [command]}
     result = site.run()
     assert_ok(result)

@@ -13,7 +13,8 @@ from sites import assert_ok, dns_certificate, load_key, pem_certificates, spki
 
 
 def test_rsa_and_ecdsa_side_by_side(site):
-    hosts = dns_certificate(site, key_types=['ecdsa', 'rsa'], key_curve='secp384r1')
+    hosts = dns_certificate(site, key_types=['ecdsa', 'rsa'], key_curve='secp384r1',
+                            hpkp_days=30)
     result = site.run('--verbose')
     assert_ok(result)
     assert result.stdout.count('issued certificate site (') == 2
@@ -80,7 +81,7 @@ def test_adding_and_removing_a_type(site):
     """From the seed's RSA-only names to RSA and ECDSA: the RSA keys and certificate move to
     their typed names (same keys, same age, not reissued), ECDSA is issued; then dropping
     RSA archives its files."""
-    dns_certificate(site)
+    dns_certificate(site, hpkp_days=30)
     assert_ok(site.run())
     old = site.snapshot()
     backup_mtime = os.stat(site.path('private_key', 'site_backup.key')).st_mtime

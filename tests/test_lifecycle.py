@@ -93,18 +93,41 @@ def test_hpkp_files_carry_both_pins(site):
     assert site.read('hpkp', 'shared.apache').decode() == (
         'Header always set Public-Key-Pins "{}"\n'.format(value.replace('"', '\\"')))
 
-    # Without pin_subdomains the directive goes; with hpkp_days 0 the files are archived.
+    # Without pin_subdomains the directive goes; with hpkp_days 0 the files stay, as comments
+    # (a server configuration that includes them keeps loading).
     site.config['private_keys']['shared']['pin_subdomains'] = False
     assert_ok(site.run())
     assert 'includeSubDomains' not in site.read('hpkp', 'shared.nginx').decode()
     site.config['private_keys']['shared']['hpkp_days'] = 0
     assert_ok(site.run())
+    assert sorted(os.listdir(site.dirs['hpkp'])) == ['shared.apache', 'shared.nginx']
+    for name in ('shared.apache', 'shared.nginx'):
+        lines = site.read('hpkp', name).decode().splitlines()
+        assert lines and all(line.startswith('# ') for line in lines), lines
+        assert 'hpkp_days 0' in lines[0]
+    # an operator who deletes them does not get them back
+    for name in ('shared.apache', 'shared.nginx'):
+        os.unlink(site.path('hpkp', name))
+    assert_ok(site.run())
     assert os.listdir(site.dirs['hpkp']) == []
-    assert {'shared.nginx', 'shared.apache'} <= set(site.archived())
+
+
+def test_hpkp_is_off_by_default_and_a_fresh_key_rolls_over(site):
+    """No HPKP file for a key that does not set hpkp_days, and so no pins that would make
+    the first --rollover wait for the backup key to age."""
+    site.config['settings']['dhparam_size'] = 512
+    dns_certificate(site)
+    assert_ok(site.run())
+    assert not os.path.exists(site.dirs['hpkp']) or os.listdir(site.dirs['hpkp']) == []
+    old_backup = site.read('private_key', 'site_backup.key')
+    result = site.run('--rollover')
+    assert_ok(result)
+    assert site.read('private_key', 'site.key') == old_backup
 
 
 def test_seed_server_snippets_work_in_nginx_and_apache(site):
-    """nginx and Apache load the files through the seed's snippets and send the pins."""
+    """nginx and Apache load the files through the seed's snippets and send the pins; once
+    hpkp_days is 0 they still load the same configuration and send none."""
     with open(os.path.join(site.root, 'root_cert.pem'), 'wb') as file:
         file.write(site.env.pebble.root_pem())
     # The default DH parameters: the RFC 7919 group of 2048 bits, nothing generated (OpenSSL 3
@@ -113,7 +136,7 @@ def test_seed_server_snippets_work_in_nginx_and_apache(site):
     ffdhe2048 = subprocess.run(['openssl', 'genpkey', '-genparam', '-algorithm', 'DH',
                                 '-pkeyopt', 'group:ffdhe2048'], capture_output=True,
                                check=True).stdout
-    hosts = dns_certificate(site, name='web')
+    hosts = dns_certificate(site, name='web', hpkp_days=30)
     result = site.run('--verbose')
     assert_ok(result)
     assert 'Diffie-Hellman' not in result.stdout         # not generated
@@ -124,16 +147,20 @@ def test_seed_server_snippets_work_in_nginx_and_apache(site):
     expected = (f'pin-sha256="{pins_of(primary)[0]}"; pin-sha256="{pins_of(backup)[0]}"; '
                 f'max-age={30 * DAY}; includeSubDomains')
     root = site.env.pebble.root_pem()
-    for runner, address in ((run_nginx, (NGINX_ADDRESS, PORTS['nginx'])),
-                            (run_apache, (APACHE_ADDRESS, PORTS['apache']))):
-        server = runner(site, 'web', os.path.join(site.root, runner.__name__))
-        try:
-            headers = fetch_headers(address, hosts[0], root)
-        finally:
-            stop_process(server)
-        assert headers['status'].endswith(' 200 OK'), (runner.__name__, headers)
-        assert headers['public-key-pins'] == expected, runner.__name__
-        assert headers['strict-transport-security'] == 'max-age=31536000', runner.__name__
+    for pins in (expected, None):
+        if pins is None:
+            site.config['certificates']['web']['hpkp_days'] = 0
+            assert_ok(site.run())
+        for runner, address in ((run_nginx, (NGINX_ADDRESS, PORTS['nginx'])),
+                                (run_apache, (APACHE_ADDRESS, PORTS['apache']))):
+            server = runner(site, 'web', os.path.join(site.root, runner.__name__))
+            try:
+                headers = fetch_headers(address, hosts[0], root)
+            finally:
+                stop_process(server)
+            assert headers['status'].endswith(' 200 OK'), (runner.__name__, headers)
+            assert headers.get('public-key-pins') == pins, runner.__name__
+            assert headers['strict-transport-security'] == 'max-age=31536000', runner.__name__
 
 
 def test_backup_key_expiry_warns_every_run_without_rolling_over(site):

@@ -27,7 +27,7 @@ def test_trial_runs_shows_files_and_cleans_up():
            '*.example.test)' in out
     assert 'issued certificate shop.example.test (shop.example.test)' in out
     assert re.search(r'-rw-r----- +\d+  private_key/example.test.key', out)
-    assert "add_header Public-Key-Pins 'pin-sha256=" in out
+    assert 'hpkp' not in out                          # HPKP is off by default
     assert out.count('  3 1 1 ') == 2                  # TLSA for primary and backup keys
     second = out.split('A second run has nothing to do')[1]
     assert second.split('\n', 2)[2].startswith('$ acmebot') and '(exit status 0)' in second

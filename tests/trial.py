@@ -72,7 +72,7 @@ def run_acmebot(config_path: str, *args: str) -> subprocess.CompletedProcess[str
 
 def show_files(root: str) -> None:
     print('\nFiles acmebot produced:')
-    for directory in ('resource', 'private_key', 'certificate', 'hpkp'):
+    for directory in ('resource', 'private_key', 'certificate'):
         base = os.path.join(root, directory)
         for name in sorted(os.listdir(base)):
             path = os.path.join(base, name)
@@ -87,8 +87,6 @@ def show_files(root: str) -> None:
         print(f'\n  {name}: {", ".join(names.get_values_for_type(x509.DNSName))}')
         print(f'    issuer {leaf.issuer.rfc4514_string()}, valid until '
               f'{leaf.not_valid_after_utc:%Y-%m-%d}')
-    with open(os.path.join(root, 'hpkp', 'example.test.nginx')) as file:
-        print(f'\n  hpkp/example.test.nginx:\n    {file.read().strip()}')
 
 
 def main() -> int:
