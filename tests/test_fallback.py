@@ -115,6 +115,42 @@ def test_a_failing_ca_is_replaced_by_the_fallback_and_the_next_renewal_goes_back
     assert 'replaces' in proxy.new_orders()[0].payload
 
 
+def test_a_certificate_from_a_ca_no_longer_configured_is_reissued(site, fallback_pebble):
+    """As after switching acme_directory_url from a staging CA to production: kept while
+    its CA is still a fallback, due as soon as it is neither the primary nor a fallback."""
+    http_certificate(site)
+    use_cas(site, fallback_pebble)                  # "staging"
+    assert_ok(site.run())
+    staging = installed(site)
+    assert staging.issuer == intermediate_of(fallback_pebble)
+    use_cas(site, site.env.pebble, fallback_pebble)
+    result = site.run()
+    assert_ok(result)
+    assert (result.stdout, result.stderr) == ('', '')   # a fallback's certificate is fine
+    assert installed(site) == staging
+    del site.config['fallback_cas']
+    status = site.run('--status')
+    assert status.returncode == 0, status.stdout
+    [line] = [line for line in status.stdout.splitlines() if line.startswith('site rsa: ')]
+    assert f'issued by {fallback_pebble.url}, which is no longer configured' in line
+    assert 'due: its CA is no longer configured; the next run reissues it' in line
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert result.stderr.count('WARNING') == 1
+    assert (f'WARNING: certificates issued by {fallback_pebble.url}, which is neither '
+            'acme_directory_url nor a fallback CA any more, are due now') in result.stderr
+    assert f'it was issued by {fallback_pebble.url}, a CA that is no longer configured' in \
+        result.stdout
+    assert installed(site).issuer == intermediate_of(site.env.pebble)
+    assert record_entry(site)['ca'] == site.env.pebble.url
+    line = next(line for line in site.run('--status', write=False).stdout.splitlines()
+                if line.startswith('site rsa: '))
+    assert 'issued by' not in line and 'no longer configured' not in line
+    again = site.run()
+    assert_ok(again)
+    assert (again.stdout, again.stderr) == ('', '')
+
+
 def test_an_unreachable_primary_falls_over_but_failing_names_do_not(site, fallback_pebble):
     site.config['settings'].update(acme_directory_url='https://127.0.0.1:9/dir')
     site.config['fallback_cas'] = [{'directory_url': fallback_pebble.url,
