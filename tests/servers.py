@@ -45,7 +45,7 @@ HOSTED_ADDRESS = '127.53.0.53'          # a DNS host: PowerDNS serving HOSTED_ZO
 HOSTED_ZONE = 'hosted.test'
 
 # Every port the tests use, in one table. The standard ports are free because each server
-# has its own loopback address (see TESTING.md).
+# has its own loopback address (127.0.0.0/8 is all loopback; the addresses are below).
 PORTS = {
     'dns': 53,                                  # the test BIND, on BIND_ADDRESS
     'resolver': 5353,                           # Pebble's forwarding resolver
@@ -730,7 +730,7 @@ def fetch_headers(address, host, ca_pem: bytes, path: str = '/index.html') -> di
 
 # The trust stores of the host, which Caddy's pki app would install its roots into: mounted
 # read-only for Caddy's process (it runs in a private mount namespace), and skip_install_trust
-# on every CA it has (TESTING.md: Other servers).
+# on every CA it has, so the host's trust stores are never changed.
 TRUST_STORES = ('/etc/ssl/certs', '/usr/local/share/ca-certificates', '/usr/share/ca-certificates',
                 '/etc/ca-certificates')
 

@@ -272,7 +272,8 @@ def parse_time(text: str) -> datetime.datetime:
 
 
 def later(days: float) -> tuple[str, ...]:
-    """The launch prefix that runs acmebot days later (its clock only; see TESTING.md)."""
+    """The launch prefix that runs acmebot days later (its clock only: faketime moves the
+    time acmebot reads, not the servers')."""
     return ('faketime', '-f', f'+{days}d')
 
 

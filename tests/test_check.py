@@ -24,6 +24,7 @@ from sites import (
     assert_ok,
     dns_certificate,
     http_certificate,
+    launch_acmebot,
     local_zone_site,
     run_record,
     service_calls,
@@ -423,3 +424,21 @@ def test_check_probes_dns_account_records_under_the_account_label(site):
     with open(log) as file:
         assert f'update add {label}._acme-challenge.{host}. ' in file.read()
     assert site.env.bind.query(f'{label}._acme-challenge.{host}', 'TXT') == []
+
+
+def test_commands_are_found_under_crons_path(site):
+    """cron starts acmebot with PATH=/usr/bin:/bin: --check finds `service` in /usr/sbin as
+    the run does, and every command and hook is given the PATH with the system program
+    directories added."""
+    paths = os.path.join(site.root, 'paths.log')
+    http_certificate(site, services=['web', 'nginx'])
+    site.config['services'] = {'web': f'echo "$PATH" >> {paths}', 'nginx': 'service --version'}
+    cron = {**os.environ, 'PATH': '/usr/bin:/bin'}
+    site.write_config()
+    result = launch_acmebot('--config', site.config_path, '--check', cwd=site.root, env=cron)
+    assert_ok(result)
+    assert '  ok    service nginx: /usr/sbin/service' in result.stdout
+    result = launch_acmebot('--config', site.config_path, cwd=site.root, env=cron)
+    assert_ok(result)
+    with open(paths) as file:
+        assert file.read() == '/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin\n'

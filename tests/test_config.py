@@ -25,7 +25,8 @@ def minimal(tmp_path, **extra):
     config = {
         'account': {'email': 'admin@example.test'},
         'settings': {'file_group': 'root', 'dns_resolvers': '127.0.0.1',
-                     'acme_directory_url': 'https://127.0.0.1:1/dir'},
+                     'acme_directory_url': 'https://127.0.0.1:1/dir',
+                     'reload_zone_command': '/bin/true'},     # a way to the zone's records
         'directories': {name: str(tmp_path / name) for name in (
             'resource', 'private_key', 'certificate', 'dhparam', 'archive', 'update_key',
             'challenge', 'hpkp', 'pid')},
@@ -680,7 +681,7 @@ def test_thousands_of_malformed_configurations_never_crash(acmebot_module, tmp_p
                     parent[rng.choice(['x', 'X\n', '\x00', path[-1] + ' '])] = parent.pop(
                         path[-1])
                 else:
-                    parent[path[-1]] = rng.choice(bad_values)
+                    parent[path[-1]] = copy.deepcopy(rng.choice(bad_values))
             except (KeyError, IndexError, TypeError):
                 continue
         path = tmp_path / 'acmebot.json'
@@ -715,3 +716,36 @@ def test_dry_run_ca_is_lets_encrypt_staging_by_default_or_the_setting(acmebot_mo
     dry = m.dry_run_config(chosen)
     assert [ca.directory_url for ca in dry.cas] == ['https://t.test/d']
     assert dry.persistent_authorizations == ()      # validated by challenges, no records
+
+
+def test_a_dns_validated_name_or_tlsa_record_needs_a_way_to_its_zone(tmp_path):
+    """Exit 2 at load, not after an order: a name validated by DNS in a zone acmebot has no
+    way to update (none at all: no CNAME delegation is possible either), and a TLSA record in
+    such a zone; HTTP-01 names, slave mode and a zone with a way load."""
+    m = load_acmebot_module()
+    config = minimal(tmp_path)
+    del config['settings']['reload_zone_command']
+    write(tmp_path, config)
+    message = config_error(tmp_path, r'^certificates\.example\.test\.alt_names\.example\.test: '
+                                     r'zone example\.test has no way to be updated: give it a '
+                                     r'zone_update_keys, zone_providers or zone_commands entry, '
+                                     r'or set settings\.reload_zone_command')
+    assert 'names validated by DNS and TLSA records are published there' in message
+    keyed = dict(config)
+    keyed['private_keys'] = {'k': {'certificates': keyed.pop('certificates')}}
+    write(tmp_path, keyed)
+    config_error(tmp_path, r'^private_keys\.k\.certificates\.example\.test\.alt_names\.'
+                           r'example\.test: zone example\.test has no way')
+    for extra in ({'settings': {**config['settings'], 'slave_mode': True}},
+                  {'http_challenges': {'example.test': str(tmp_path), 'www.example.test':
+                                       str(tmp_path)}},
+                  {'zone_commands': {'other.test': '/bin/true'}}):
+        write(tmp_path, {**config, **extra})
+        assert m.load_config(str(tmp_path / 'acmebot.json'))
+    # a TLSA record needs its own zone's way, even where challenges could be delegated
+    tlsa = {**config, 'zone_commands': {'other.test': '/bin/true'}}
+    tlsa['certificates'] = {'example.test': {**config['certificates']['example.test'],
+                                             'tlsa_records': {'example.test': {'@': {}}}}}
+    write(tmp_path, tlsa)
+    config_error(tmp_path, r'^certificates\.example\.test\.tlsa_records\.example\.test: zone '
+                           r'example\.test has no way to be updated')

@@ -217,7 +217,8 @@ def test_a_rate_limit_holds_that_ca_for_that_certificate_across_runs(site, proxy
     assert_ok(result)
     assert not proxy.new_orders()
     status = site.run('--status', write=False).stdout
-    assert re.search(r'limited \w+: no certificate installed; no certificate is installed; '
+    assert re.search(r'limited \w+: PROBLEM: no certificate installed and the last attempt '
+                     r'failed; no certificate is installed; '
                      r'rate limited by ' + re.escape(proxy.url) + r' until [0-9: -]+ UTC: it is '
                      r'ordered then; last attempt ', status), status
     # with a fallback CA it is ordered there at once, still without asking the primary

@@ -130,11 +130,15 @@ def test_key_rolled_over_and_certificate_revoked(site):
     assert rolled['ACMEBOT_PRIVATE_KEY'] == 'site' and rolled['ACMEBOT_KEY_TYPE'] == 'rsa'
     assert 'ACMEBOT_CERTIFICATE' not in rolled
     assert rolled['ACMEBOT_PRIVATE_KEY_FILE'] == site.path('private_key', 'site.key')
+    revoked_file = site.read('certificate', 'site.pem')
     assert_ok(site.run('--revoke', '--reason', 'superseded', 'site'))
-    revoked = hook_calls(log)[1]
+    revoked, rolled = hook_calls(log)[1:]
     assert revoked['ACMEBOT_EVENT'] == 'certificate_revoked'
     assert revoked['ACMEBOT_CERTIFICATE'] == 'site' and revoked['ACMEBOT_REASON'] == 'superseded'
-    assert 'ACMEBOT_CERTIFICATE_FILE' not in revoked               # archived by then
+    # before the replacement: the revoked certificate is still installed
+    assert revoked['ACMEBOT_CERTIFICATE_FILE'] == site.path('certificate', 'site.pem')
+    assert rolled['ACMEBOT_EVENT'] == 'key_rolled_over'          # then replaced
+    assert site.read('certificate', 'site.pem') != revoked_file
 
 
 def test_hook_configuration_errors(site):

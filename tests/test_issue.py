@@ -94,14 +94,21 @@ def test_dns01_remote_first_run_installs_every_file(site):
     assert not any(name.endswith('.acmebot-tmp') for directory in ('private_key', 'certificate')
                    for name in os.listdir(site.dirs[directory]))
 
-    # A run with nothing to do is silent, writes nothing and does not contact the CA:
-    # the directory URL now points at a closed port.
+    # A run with nothing to do is silent, writes nothing and does not contact a CA: the
+    # primary's directory URL now points at a closed port, and the CA that issued the
+    # certificate, still configured as a fallback (else the certificate would be due), is
+    # not asked either.
     before = site.snapshot()
-    site.config['settings']['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    settings = site.config['settings']
+    site.config['fallback_cas'] = [{'directory_url': settings['acme_directory_url'],
+                                    'ca_bundle': settings['acme_ca_bundle']}]
+    settings['acme_directory_url'] = 'https://127.0.0.1:9/dir'
+    requests = site.env.pebble.requests_seen('')
     again = site.run()
     assert_ok(again)
     assert again.stdout == '' and again.stderr == ''
     assert site.snapshot() == before
+    assert site.env.pebble.requests_seen('') == requests
 
 
 @pytest.mark.parametrize('algorithm, legacy', [
@@ -316,12 +323,29 @@ def test_failed_challenge_removal_makes_the_run_fail(site):
     assert pem_certificates(site.read('certificate', f'{host}.pem'))   # issued all the same
 
 
-def test_local_dns_without_reload_command_fails_clearly(site):
+def test_a_zone_without_a_way_is_refused_at_load_or_before_ordering(site):
+    """A DNS-validated name in a zone acmebot cannot update: exit 2 at load where no zone
+    has a way; where one has (a CNAME could delegate), the run fails that certificate before
+    ordering it, and orders the others."""
     host = site.host('nr', 'local.test')
     site.config['certificates'] = {host: {'alt_names': {'local.test': host.split('.')[0]}}}
+    orders = site.env.pebble.requests_seen('POST /order-plz')
+    result = site.run()
+    assert result.returncode == 2
+    assert site.env.pebble.requests_seen('POST /order-plz') == orders
+    assert result.stderr == (
+        f'ERROR: certificates.{host}.alt_names.local.test: zone local.test has no way to be '
+        'updated: give it a zone_update_keys, zone_providers or zone_commands entry, or set '
+        'settings.reload_zone_command for zones served from local files (names validated by '
+        'DNS and TLSA records are published there)\n')
+    other = dns_certificate(site, name='other')
     result = site.run()
     assert result.returncode == 1
-    assert 'settings.reload_zone_command is not set' in result.stderr
+    assert re.search(rf'ERROR: {re.escape(host)}: zone local\.test has no way to be updated: '
+                     rf'.*; _acme-challenge\.{re.escape(host)} is no CNAME into a zone that has '
+                     r'one', result.stderr), result.stderr
+    assert result.stdout.startswith(f'issued certificate other ({other[0]})')
+    assert site.env.pebble.requests_seen('POST /order-plz') > orders         # "other" only
     assert not os.path.exists(site.path('certificate', f'{host}.pem'))
 
 

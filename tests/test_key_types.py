@@ -136,8 +136,11 @@ def test_rollover_and_revocation_cover_every_type(site):
             'keyCompromise)' in result.stdout
         status = site.env.pebble.certificate_status(leaf.serial_number)
         assert (status['Status'], status['Reason']) == ('Revoked', 1)
-        assert not os.path.exists(site.path('private_key', f'site.{kind}.key'))
-        assert not os.path.exists(site.path('certificate', f'site.{kind}.pem'))
+        # replaced in the same run: a new key pair (the backup was the primary) and cert
+        key = load_key(site.read('private_key', f'site.{kind}.key'))
+        assert spki(key) != spki(leaf)
+        new_leaf = pem_certificates(site.read('certificate', f'site.{kind}.pem'))[0]
+        assert spki(new_leaf) == spki(key)
 
 
 def test_tlsa_records_cover_every_type(site):

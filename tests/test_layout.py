@@ -132,3 +132,39 @@ def test_no_section_is_much_longer_than_a_sitting():
     ends = [start - 1 for start, _ in starts[1:]] + [len(lines)]
     sizes = {title: end - start + 1 for (start, title), end in zip(starts, ends)}
     assert {title: size for title, size in sizes.items() if size > MAX_SECTION_LINES} == {}
+
+
+README = os.path.join(os.path.dirname(SCRIPT), 'README.md')
+
+
+def readme_contents(lines: list[str]) -> list[str]:
+    """The table of contents README.md should have: each '##' section with its '###'
+    sections, linked by GitHub's anchors (lower case, punctuation dropped, spaces to
+    hyphens, '-1', '-2' after a repeated title)."""
+    entries: list[tuple[str, list[str]]] = []
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in lines:
+        if line.startswith('```'):
+            fenced = not fenced
+        match = None if fenced else re.match(r'^(##|###) (.+)$', line)
+        if match is None or match.group(2) == 'Contents':
+            continue
+        title = match.group(2)
+        anchor = re.sub(r'[^\w\- ]', '', title.lower()).replace(' ', '-')
+        count = seen.get(anchor, 0)
+        seen[anchor] = count + 1
+        link = f'[{title}](#{anchor}{f"-{count}" if count else ""})'
+        if match.group(1) == '##':
+            entries.append((link, []))
+        elif entries:
+            entries[-1][1].append(link)
+    return [f'* {head}' + (': ' + ', '.join(subs) if subs else '') for head, subs in entries]
+
+
+def test_readme_table_of_contents_lists_every_section():
+    with open(README) as file:
+        lines = file.read().splitlines()
+    start = lines.index('## Contents') + 2
+    end = lines.index('', start)
+    assert lines[start:end] == readme_contents(lines)

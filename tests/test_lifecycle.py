@@ -258,29 +258,54 @@ def test_revoke_requires_key_names(site):
     assert site.snapshot() == before
 
 
-def test_revoke_then_next_run_rolls_over_and_reissues(site):
-    dns_certificate(site)
+def test_revoke_rolls_over_and_reissues_in_the_same_run(site):
+    """--revoke replaces what it revoked at once; the revoked files stay installed until
+    their replacements are (a service never names a moved file), also when the replacement
+    fails, after which the next run replaces them."""
+    services = service_commands(site)
+    dns_certificate(site, services=['nginx'])
     assert_ok(site.run())
+    old_primary = site.read('private_key', 'site.key')
     old_backup = site.read('private_key', 'site_backup.key')
-    leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    old_chain = site.read('certificate', 'site.pem')
+    leaf = pem_certificates(old_chain)[0]
     assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
     result = site.run('--revoke', 'site')
     assert_ok(result)
     assert f'revoked certificate site (serial {leaf.serial_number:x}, reason unspecified)' \
         in result.stdout
+    assert 'issued certificate site (' in result.stdout
     assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Revoked'
-    for directory, name in (('certificate', 'site.pem'), ('private_key', 'site.key'),
-                            ('private_key', 'site_full.key')):
-        assert not os.path.exists(site.path(directory, name)), name
-    assert {'site.pem', 'site.key', 'site_full.key'} <= set(site.archived())
-
-    result = site.run('--verbose')
-    assert_ok(result)
-    assert 'roll over to the backup key because the primary key is missing' in result.stdout
     assert site.read('private_key', 'site.key') == old_backup
     new_leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
     assert spki(new_leaf) == spki(load_key(old_backup))
     assert site.env.pebble.certificate_status(new_leaf.serial_number)['Status'] == 'Valid'
+    assert {'site.pem', 'site.key', 'site_full.key'} <= set(site.archived())
+    assert service_calls(services) == ['nginx', 'nginx']
+    assert_ok(site.run())                         # nothing left to do
+    assert service_calls(services) == ['nginx', 'nginx']
+
+    # the replacement fails (the CA refuses the profile asked for): the revoked files stay
+    # installed, the next run replaces them
+    revoked_chain = site.read('certificate', 'site.pem')
+    revoked_key = site.read('private_key', 'site.key')
+    site.config['certificates']['site']['profile'] = 'no-such-profile'
+    result = site.run('--revoke', 'site')
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'revoked certificate site (' in result.stdout
+    assert 'issued certificate' not in result.stdout
+    assert site.read('certificate', 'site.pem') == revoked_chain        # still installed
+    assert site.read('private_key', 'site.key') == revoked_key
+    assert service_calls(services) == ['nginx', 'nginx']
+    status = site.run('--status', write=False)
+    assert status.returncode == 1
+    assert 'site rsa: PROBLEM: ' in status.stdout, status.stdout
+    del site.config['certificates']['site']['profile']
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'the certificate was revoked' in result.stdout
+    assert site.read('private_key', 'site.key') not in (old_primary, old_backup, revoked_key)
+    assert site.read('certificate', 'site.pem') != revoked_chain
 
 
 def test_changed_key_file_is_checked_in_full(site):
@@ -322,6 +347,7 @@ def test_key_compromise_is_signed_with_the_compromised_key(site):
     dns_certificate(site)
     assert_ok(site.run())
     leaf = pem_certificates(site.read('certificate', 'site.pem'))[0]
+    compromised = site.read('private_key', 'site.key')
     for name in ('client_key.json', 'registration.json'):
         os.remove(site.path('resource', name))
     result = site.run('--revoke', '--reason', 'superseded', 'site')
@@ -333,7 +359,8 @@ def test_key_compromise_is_signed_with_the_compromised_key(site):
     assert_ok(result)
     status = site.env.pebble.certificate_status(leaf.serial_number)
     assert (status['Status'], status['Reason']) == ('Revoked', 1)
-    assert not os.path.exists(site.path('private_key', 'site.key'))
+    assert site.read('private_key', 'site.key') != compromised       # rolled over at once
+    assert site.archived()['site.key'] == [compromised]
 
 
 def test_key_compromise_needs_the_matching_key(site):

@@ -139,6 +139,44 @@ def test_expired_ca_certificate_is_not_blamed_on_the_bundle(site):
     assert 'acme_ca_bundle' not in result.stderr
 
 
+def test_root_for_the_full_chain_file_comes_from_the_system_store(site):
+    """Without root_cert.pem, +root.pem takes the root from the system trust store (the
+    certificate whose subject and key issued the chain's top); an existing +root.pem is
+    never silently archived when the root goes missing: it keeps the chain, with a warning
+    that names what is missing, once."""
+    root_file = os.path.join(site.root, 'pebble-root.pem')
+    with open(root_file, 'wb') as file:
+        file.write(site.env.pebble.root_pem())
+    with_root = store_with(site, root_file)
+    dns_certificate(site)
+    site.write_config()
+    result = launch_acmebot('--config', site.config_path, cwd=site.root, prefix=with_root)
+    assert_ok(result)
+    chain = site.read('certificate', 'site.pem')
+    full = site.read('certificate', 'site+root.pem')
+    assert pem_certificates(full) == [*pem_certificates(chain),
+                                      *pem_certificates(site.env.pebble.root_pem())]
+    # the store without the root: the file stays, with the chain alone, said once
+    result = site.run('--renew')
+    assert_ok(result)
+    new_chain = site.read('certificate', 'site.pem')
+    assert new_chain != chain
+    assert site.read('certificate', 'site+root.pem') == new_chain
+    warnings = [line for line in result.stderr.splitlines() if line.startswith('WARNING')]
+    assert len(warnings) == 1, result.stderr
+    assert re.match(r'WARNING: site: no root certificate issued the chain \(its top is issued '
+                    r'by "[^"]+"\): there is no root_cert.pem beside the configuration and none '
+                    r'in the system trust store; \S+/site\+root.pem holds the chain without a '
+                    r'root$', warnings[0]), warnings[0]
+    again = site.run()
+    assert_ok(again)
+    assert again.stderr == ''
+    # a fresh certificate without a root anywhere gets no +root.pem
+    dns_certificate(site, name='other', labels=('other',))
+    assert_ok(site.run())
+    assert not os.path.exists(site.path('certificate', 'other+root.pem'))
+
+
 # ---- RFC 2136 servers other than BIND: Knot DNS and PowerDNS ---------------------------
 
 
