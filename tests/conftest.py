@@ -33,8 +33,8 @@ def acmebot_module() -> Any:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The local trial starts its own servers on the standard loopback ports: it runs before
-    the shared environment is started (and after everything else if run alone)."""
+    """The local trial's test takes ports 53 and 80 on loopback itself (the trial must not
+    mind): it runs before the shared environment, which uses them, is started."""
     items.sort(key=lambda item: item.path.name != 'test_trial.py')
 
 

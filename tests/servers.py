@@ -84,6 +84,10 @@ def require_loopback(address: str) -> None:
         raise AssertionError(f'refusing non-loopback address {address}')
 
 
+class ServerExited(RuntimeError):
+    """A server just started has exited: waiting longer is pointless."""
+
+
 def wait_until(check, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -91,6 +95,8 @@ def wait_until(check, what: str, timeout: float = 20.0) -> None:
         try:
             if check():
                 return
+        except ServerExited:
+            raise
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             last = error
         time.sleep(0.1)
@@ -98,10 +104,16 @@ def wait_until(check, what: str, timeout: float = 20.0) -> None:
 
 
 def come_up(server, check, what: str) -> None:
-    """Wait for a server just started; stop it if it does not come up, since a leftover
-    process would hold its port for every later test."""
+    """Wait for a server just started (no longer once it has failed); stop it if it does not
+    come up, since a leftover process would hold its port for every later test."""
+    process = getattr(server, 'process', None)
+
+    def answers() -> bool:
+        if process is not None and process.poll() not in (None, 0):    # 0: a daemon forked
+            raise ServerExited(f'{what} exited with status {process.returncode}')
+        return check()
     try:
-        wait_until(check, what)
+        wait_until(answers, what)
     except BaseException:
         server.stop()
         raise
@@ -146,7 +158,14 @@ def new_tsig(name: str, algorithm: str = 'hmac-sha256', size: int = 32) -> Tsig:
 class Bind:
     directory: str
     keys: dict[str, Tsig] = field(default_factory=dict)
+    zones: tuple[str, ...] = ZONES
+    binary: str = 'named'
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.directory, 'named.log')
 
     def start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -158,7 +177,7 @@ class Bind:
         # Known to BIND but allowed to update nothing: its updates are REFUSED.
         self.keys['refused'] = new_tsig('refused-key.example.test')
         zones = ''
-        for zone in ZONES:
+        for zone in self.zones:
             with open(os.path.join(self.directory, f'{zone}.db'), 'w') as file:
                 file.write(zone_file(zone))
             zones += (f'zone "{zone}" {{ type primary; file "{zone}.db"; '
@@ -178,9 +197,10 @@ class Bind:
 }};
 controls {{ }};
 {zones}''')
-        with open(os.path.join(self.directory, 'named.log'), 'w') as output:
-            self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
-                                            stdout=output, stderr=subprocess.STDOUT)
+        with open(self.log, 'w') as output:
+            self.process = subprocess.Popen([self.binary, '-g', '-u', 'root', '-c', conf],
+                                            stdout=output, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.env})
         come_up(self, lambda: self.query('ns1.example.test', 'A'), 'BIND')
 
     def query(self, name: str, rdtype: str) -> list[str]:
@@ -264,7 +284,13 @@ class Resolver:
     the test BIND only and follows CNAMEs across zones (authoritative BIND does not)."""
     directory: str
     port: int = PORTS['resolver']
+    binary: str = 'named'
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.directory, 'named.log')
 
     def start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -288,9 +314,10 @@ controls {{ }};
 zone "{HOSTED_ZONE}" {{ type forward; forward only;
     forwarders {{ {HOSTED_ADDRESS} port {PORTS['hosted-dns']}; }}; }};
 ''')
-        with open(os.path.join(self.directory, 'named.log'), 'w') as output:
-            self.process = subprocess.Popen(['named', '-g', '-u', 'root', '-c', conf],
-                                            stdout=output, stderr=subprocess.STDOUT)
+        with open(self.log, 'w') as output:
+            self.process = subprocess.Popen([self.binary, '-g', '-u', 'root', '-c', conf],
+                                            stdout=output, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.env})
 
         def answers() -> bool:
             query = dns.message.make_query('ns1.example.test', 'A')
@@ -341,6 +368,10 @@ class Pebble:
     def ca_file(self) -> str:
         return os.path.join(self.directory, 'ca.pem')
 
+    @property
+    def log(self) -> str:
+        return os.path.join(self.directory, 'pebble.log')
+
     def start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         make_tls_certificate(self.directory)
@@ -366,7 +397,7 @@ class Pebble:
         with open(path, 'w') as file:
             json.dump(config, file)
         env = {**os.environ, 'PEBBLE_VA_NOSLEEP': '1', 'PEBBLE_AUTHZREUSE': '0', **self.env}
-        with open(os.path.join(self.directory, 'pebble.log'), 'w') as output:
+        with open(self.log, 'w') as output:
             self.process = subprocess.Popen(
                 [self.binary, '-config', path, '-dnsserver', f'{BIND_ADDRESS}:{PORTS["resolver"]}'], env=env,
                 stdout=output, stderr=subprocess.STDOUT)
@@ -388,7 +419,7 @@ class Pebble:
     def requests(self) -> list[str]:
         """The requests Pebble has logged so far, in their order, as method and handler path
         ('POST /finalize-order/': Pebble logs the handler's path, not the order's)."""
-        with open(os.path.join(self.directory, 'pebble.log')) as file:
+        with open(self.log) as file:
             return [' '.join(line.split(' -> calling handler')[0].split()[-2:])
                     for line in file if '-> calling handler' in line]
 
@@ -451,12 +482,17 @@ class HttpServer:
     def challenge_dir(self) -> str:
         return os.path.join(self.webroot, '.well-known', 'acme-challenge')
 
+    @property
+    def log(self) -> str:
+        return f'{self.webroot}.log'
+
     def start(self) -> None:
         os.makedirs(self.challenge_dir, exist_ok=True)
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 'http.server', '--bind', self.address, str(PORTS['http']),
-             '--directory', self.webroot],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log, 'w') as output:
+            self.process = subprocess.Popen(
+                [sys.executable, '-m', 'http.server', '--bind', self.address,
+                 str(PORTS['http']), '--directory', self.webroot],
+                stdout=output, stderr=subprocess.STDOUT)
 
         def answers() -> bool:
             require_loopback(self.address)
@@ -474,6 +510,7 @@ class Environment:
     bind: Bind
     http: HttpServer
     pebble: Pebble
+    resolver: Resolver | None = None
     eab_pebble: Pebble | None = None
 
     def start_eab_pebble(self) -> Pebble:
@@ -484,18 +521,34 @@ class Environment:
         return self.eab_pebble
 
 
-def start_environment(root: str, blocklist: tuple[str, ...] = ()) -> Iterator[Environment]:
-    for tool in ('named', 'pebble'):
-        if not shutil.which(tool):
-            raise RuntimeError(f'{tool} is not installed: run tests/install-test-deps '
-                               '--test-machine')
-    env = Environment(root, Bind(os.path.join(root, 'bind')),
-                      HttpServer(os.path.join(root, 'webroot')),
-                      Pebble(os.path.join(root, 'pebble'), blocklist=blocklist))
+def unpacked_libraries(tools: str) -> str:
+    """LD_LIBRARY_PATH for programs unpacked from Debian packages into tools: every
+    directory there that holds a shared library."""
+    return ':'.join(sorted({directory for directory, _, files in os.walk(tools)
+                            if any('.so' in name for name in files)}))
+
+
+def start_environment(root: str, blocklist: tuple[str, ...] = (), tools: str | None = None,
+                      zones: tuple[str, ...] = ZONES) -> Iterator[Environment]:
+    """Start BIND (serving zones), the resolver, the HTTP server and Pebble under root;
+    with tools, BIND and Pebble are the ones unpacked there (tests/install-trial-deps),
+    else the installed ones (tests/install-test-deps)."""
+    bind = Bind(os.path.join(root, 'bind'), zones=zones)
+    pebble = Pebble(os.path.join(root, 'pebble'), blocklist=blocklist)
+    if tools:
+        bind.binary = os.path.join(tools, 'usr', 'sbin', 'named')
+        bind.env = {'LD_LIBRARY_PATH': unpacked_libraries(tools)}
+        pebble.binary = os.path.join(tools, 'usr', 'bin', 'pebble')
+    for program in (bind.binary, pebble.binary):
+        if not shutil.which(program):
+            raise RuntimeError(f'{program} is not installed: run tests/install-test-deps '
+                               '--test-machine, or for the trial tests/install-trial-deps')
+    resolver = Resolver(os.path.join(root, 'resolver'), binary=bind.binary, env=bind.env)
+    env = Environment(root, bind, HttpServer(os.path.join(root, 'webroot')), pebble,
+                      resolver=resolver)
     started = []
     try:
-        for server in (env.bind, Resolver(os.path.join(root, 'resolver')), env.http,
-                       env.pebble):
+        for server in (env.bind, resolver, env.http, env.pebble):
             server.start()
             started.append(server)
         yield env

@@ -84,6 +84,34 @@ def test_configuration_error_exits_2_and_creates_nothing(tmp_path):
     assert output_files(tmp_path) == []
 
 
+def test_every_configuration_error_is_named_in_one_run(tmp_path):
+    """Mistakes in several places (a misspelled setting, a wrong value beside it, a
+    certificate naming an undefined service, a second certificate with a bad name, a wrong
+    hook event, a misspelled section) are all reported at once, each with its JSON path; a
+    certificate with an error is left out without hiding the others'."""
+    config = minimal(tmp_path, settings__dns_resolver=['127.0.0.1'], settings__key_size=1000,
+                     hooks={'certificate_instaled': ['/bin/true']},
+                     zone_update_key={'example.test': 'update.key'})
+    config['certificates']['example.test']['services'] = ['nginx']
+    config['certificates']['.bad'] = {'alt_names': {'example.test': ['bad']}}
+    write(tmp_path, config)
+    result = run(['--config', str(tmp_path / 'acmebot.json')], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        'ERROR: 6 configuration errors:',
+        '  settings.key_size: expected a whole number from 2048 to 16384, got 1000',
+        '  settings.dns_resolver: unknown setting; did you mean dns_resolvers?',
+        '  certificates.example.test.services[0]: service "nginx" is not defined in the '
+        'services section',
+        '  certificates..bad: ".bad" cannot be used as a file name (letters, digits and '
+        '_ . + @ - only, not starting with . + @ -)',
+        '  hooks.certificate_instaled: unknown event; expected one of certificate_installed, '
+        'key_rolled_over, certificate_revoked, renewal_failed',
+        '  zone_update_key: unknown setting; did you mean zone_update_keys?'], result.stderr
+    assert result.stdout == ''
+    assert output_files(tmp_path) == []
+
+
 @pytest.mark.parametrize('extra, pattern', [
     ({'settings__renewal_dayz': 30},
      r'settings\.renewal_dayz: unknown setting; did you mean renewal_days\?$'),
@@ -690,7 +718,7 @@ def test_thousands_of_malformed_configurations_never_crash(acmebot_module, tmp_p
             m.load_config(str(path))
             outcomes['loaded'] += 1
         except m.ConfigError as error:
-            assert str(error).isprintable(), str(error)
+            assert all(line.isprintable() for line in str(error).split('\n')), str(error)
             outcomes['refused'] += 1
     print(outcomes)
     assert outcomes['refused'] > 2000, outcomes
