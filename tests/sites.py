@@ -29,6 +29,19 @@ DIRECTORY_SETTINGS = ('resource', 'private_key', 'certificate', 'dhparam', 'chal
                       'archive', 'update_key', 'pid')
 
 
+def readme_block(path: str) -> str:
+    """The indented block that follows the README line naming path (a file to write)."""
+    with open(os.path.join(ROOT, 'README.md')) as file:
+        text = file.read()
+    after = text.split(f'{path}:\n\n', 1)[1]
+    lines = []
+    for line in after.splitlines():
+        if line and not line.startswith('    '):
+            break
+        lines.append(line[4:])
+    return '\n'.join(lines).strip() + '\n'
+
+
 def launch_acmebot(*args: str, cwd: str | None = None, wait: bool = True,
                    timeout: float = 300, env: dict[str, str] | None = None,
                    prefix: tuple[str, ...] = ()) -> Any:

@@ -11,7 +11,7 @@ import re
 
 import pytest
 from servers import ROOT
-from sites import launch_acmebot, load_acmebot_module
+from sites import launch_acmebot, load_acmebot_module, readme_block
 
 EXAMPLE = os.path.join(ROOT, 'acmebot.example.json')
 SECRET = base64.b64encode(b'0123456789abcdef0123456789abcdef').decode()
@@ -101,12 +101,12 @@ def test_every_configuration_error_is_named_in_one_run(tmp_path):
         'ERROR: 6 configuration errors:',
         '  settings.key_size: expected a whole number from 2048 to 16384, got 1000',
         '  settings.dns_resolver: unknown setting; did you mean dns_resolvers?',
-        '  certificates.example.test.services[0]: service "nginx" is not defined in the '
-        'services section',
-        '  certificates..bad: ".bad" cannot be used as a file name (letters, digits and '
-        '_ . + @ - only, not starting with . + @ -)',
-        '  hooks.certificate_instaled: unknown event; expected one of certificate_installed, '
-        'key_rolled_over, certificate_revoked, renewal_failed',
+        ('  certificates.example.test.services[0]: service "nginx" is not defined in the '
+         'services section'),
+        ('  certificates..bad: ".bad" cannot be used as a file name (letters, digits and '
+         '_ . + @ - only, not starting with . + @ -)'),
+        ('  hooks.certificate_instaled: unknown event; expected one of certificate_installed, '
+         'key_rolled_over, certificate_revoked, renewal_failed'),
         '  zone_update_key: unknown setting; did you mean zone_update_keys?'], result.stderr
     assert result.stdout == ''
     assert output_files(tmp_path) == []
@@ -347,10 +347,10 @@ def test_renewal_days_and_profile_per_key_and_certificate(acmebot_module, tmp_pa
 
 
 def example_config(tmp_path):
-    """acmebot.example.json with its <placeholders> filled in and its key files present."""
+    """acmebot.example.json as it is, with the key files it names present (README:
+    Configuration)."""
     with open(EXAMPLE) as file:
-        text = re.sub(r'<([^>]*)>', r'\1', file.read())
-    data = json.loads(text)
+        data = json.load(file)
     keys = tmp_path / 'keys'
     keys.mkdir()
     (keys / 'update.example.com.key').write_text(
@@ -360,8 +360,30 @@ def example_config(tmp_path):
     (keys / 'Kupdate.example.org.+157+12345.private').write_text(
         f'Private-key-format: v1.3\nAlgorithm: 157 (HMAC_MD5)\nKey: {SECRET}\nBits: AAA=\n')
     data['directories']['update_key'] = str(keys)
-    data['settings']['file_group'] = 'root'
     return data
+
+
+def test_quick_start_configuration_loads_as_it_is(acmebot_module, tmp_path):
+    """README: Quick Start's short configuration loads as written (the complete example is
+    the next test's) and can issue: its names are validated by HTTP-01 from the challenge
+    directory its commands create, so no zone needs a way to be updated."""
+    path = tmp_path / 'acmebot.json'
+    path.write_text(readme_block('/etc/acmebot/acmebot.json'))
+    config = acmebot_module.load_config(str(path))
+    (key,) = config.private_keys
+    (cert,) = key.certificates
+    assert cert.dns_names == ('example.com', 'www.example.com')
+    for host in cert.alt_names:
+        assert config.validation_methods(host.name, host.zone, cert.dns_challenge)[0] == \
+            acmebot_module.ChallengeType.HTTP_01
+    challenge_directory = '/var/www/html/.well-known/acme-challenge'
+    assert set(config.http_challenges.values()) == {challenge_directory}
+    with open(os.path.join(ROOT, 'README.md')) as file:
+        quick_start = file.read().split('## Quick Start')[1].split('\n## ')[0]
+    commands = quick_start.split('```')[1]
+    assert f'mkdir -p /etc/acmebot {challenge_directory}' in commands
+    assert [line.split()[1] for line in commands.splitlines()
+            if line.startswith('acmebot ')] == ['--check', '--dry-run', '--verbose']
 
 
 def test_example_config_loads(acmebot_module, tmp_path):
@@ -404,15 +426,15 @@ def test_example_config_mentions_every_setting(acmebot_module):
     assert set(data['hooks']) <= set(m.HOOK_EVENTS)
     assert set(data['directories']) == set(m.DEFAULT_DIRECTORIES)
     assert set(data['account']) == {'email', 'eab_kid', 'eab_hmac_key'}
-    cert = data['certificates']['<www.example.org>']
+    cert = data['certificates']['www.example.org']
     assert set(cert) - {setting.name for setting in m.SETTINGS} == {
         'common_name', 'alt_names', 'services', 'tlsa_records', 'verify'}
-    key = data['private_keys']['<example.com>']
+    key = data['private_keys']['example.com']
     assert set(key) - {setting.name for setting in m.SETTINGS} == {'certificates'}
-    assert key['certificates']['<mail.example.com>']['profile'] == '<shortlived>'
-    tlsa = key['certificates']['<example.com>']['tlsa_records']['<example.com>']['www']
+    assert key['certificates']['mail.example.com']['profile'] == 'shortlived'
+    tlsa = key['certificates']['example.com']['tlsa_records']['example.com']['www']
     assert set(tlsa) == {'ports', 'usage', 'selector', 'protocol', 'ttl'}
-    assert set(data['zone_update_keys']['<example.org>']) == {'file', 'server', 'port'}
+    assert set(data['zone_update_keys']['example.org']) == {'file', 'server', 'port'}
 
 
 def bullet_head(item):
@@ -474,9 +496,9 @@ def test_every_setting_is_declared_once_documented_and_shown(acmebot_module):
         example = json.load(file)
     assert set(example['settings']) == set(table)
     # a certificate with its own private key takes every setting of either level
-    assert set(example['certificates']['<www.example.org>']) & set(table) == {
+    assert set(example['certificates']['www.example.org']) & set(table) == {
         name for name, at in levels.items() if at}
-    key = example['private_keys']['<example.com>']
+    key = example['private_keys']['example.com']
     assert set(key) & set(table) <= {name for name, at in levels.items() if m.AT_KEY in at}
     for cert in key['certificates'].values():
         assert set(cert) & set(table) <= {

@@ -21,6 +21,7 @@ from sites import (
     mode,
     parse_time,
     pem_certificates,
+    readme_block,
     run_record,
 )
 
@@ -285,19 +286,6 @@ def test_metrics_file_must_end_in_prom(site):
     assert result.returncode == 2
     assert 'settings.metrics_file' in result.stderr and '.prom' in result.stderr
     assert site.snapshot() == {}
-
-
-def readme_block(path: str) -> str:
-    """The indented block that follows the README line naming path."""
-    with open(os.path.join(os.path.dirname(HERE), 'README.md')) as file:
-        text = file.read()
-    after = text.split(f'{path}:\n\n', 1)[1]
-    lines = []
-    for line in after.splitlines():
-        if line and not line.startswith('    '):
-            break
-        lines.append(line[4:])
-    return '\n'.join(lines).strip() + '\n'
 
 
 def test_readme_systemd_units_verify(tmp_path):
