@@ -50,7 +50,7 @@ def server_error(request: Request) -> Answer:
     return Answer(500, 'serverInternal', 'the CA is having a bad day')
 
 
-def rate_limited(name: str, retry_after: int) -> Fault:
+def rate_limited(name: str, retry_after: int | str) -> Fault:
     """A newOrder that names name is refused with 429 rateLimited and Retry-After."""
     def fault(request: Request) -> Answer | None:
         if request.method == 'POST' and request.path == NEW_ORDER_PATH and \

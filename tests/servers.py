@@ -143,8 +143,10 @@ class Tsig:
 def served_values(address: str, port: int, name: str, rdtype: str) -> list[str]:
     """The values of name/rdtype a loopback DNS server answers with (TXT as text)."""
     require_loopback(address)
-    response = dns.query.udp(dns.message.make_query(name, rdtype), address, port=port, timeout=2)
-    return [b''.join(rdata.strings).decode() if rdtype == 'TXT' else rdata.to_text()
+    response, _ = dns.query.udp_with_fallback(dns.message.make_query(name, rdtype), address,
+                                              port=port, timeout=2)   # TCP when truncated
+    return [b''.join(rdata.strings).decode(errors='backslashreplace') if rdtype == 'TXT'
+            else rdata.to_text()
             for rrset in response.answer if rrset.rdtype == dns.rdatatype.from_text(rdtype)
             for rdata in rrset]
 

@@ -442,3 +442,57 @@ def test_commands_are_found_under_crons_path(site):
     assert_ok(result)
     with open(paths) as file:
         assert file.read() == '/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin\n'
+
+
+def test_check_json_with_a_certificate_path_that_cannot_be_read(site):
+    """An installed certificate path that cannot be read (here a directory) fails its one
+    check; --check --json still prints its JSON with every other check."""
+    http_certificate(site)
+    assert_ok(site.run())
+    path = site.path('certificate', 'site.pem')
+    os.replace(path, path + '.moved')
+    os.mkdir(path)
+    result = site.run('--check', '--json', write=False)
+    assert 'Traceback' not in result.stderr and 'internal error' not in result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    checks = {item['check']: item for group in report['groups'] for item in group['checks']}
+    failed = [name for name, item in checks.items() if not item['ok']]
+    assert failed == ['installed site'], checks
+    assert path in checks['installed site']['detail']
+    assert checks['directory certificate']['ok']
+
+
+def test_check_bounds_a_web_server_that_answers_one_byte_at_a_time(site):
+    """A web server that drips its answer (a byte every half second, without end) fails
+    the HTTP-01 check after the whole fetch's limit, and --check ends: the run lock is not
+    held for ever."""
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.wfile.write(b'HTTP/1.1 200 OK\r\n')
+            while not stop.is_set():
+                self.wfile.write(b'X')
+                self.wfile.flush()
+                time.sleep(0.5)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((REDIRECT_ADDRESS, 80), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (slow,) = http_certificate(site, 'slow', labels=('slow',))
+    site.env.bind.update('example.test', add=[(slow, 60, 'A', REDIRECT_ADDRESS)])
+    try:
+        result = site.run('--check')     # it ends (launch_acmebot's timeout would fail it)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert (f'FAIL  HTTP-01 {slow}: {REDIRECT_ADDRESS}: http://{slow}/.well-known/'
+                'acme-challenge/') in result.stdout
+        assert 'no whole answer within 15 seconds, redirects included' in result.stdout
+    finally:
+        stop.set()
+        site.env.bind.update('example.test', delete=[(slow, 'A')])
+        server.shutdown()
+        server.server_close()

@@ -233,6 +233,40 @@ def test_a_rate_limit_holds_that_ca_for_that_certificate_across_runs(site, proxy
     assert f'rate limited by {proxy.url} until ' in status
 
 
+@pytest.mark.parametrize('retry_after', ['999999999999', 'Fri, 31 Dec 9999 23:59:59 GMT'])
+def test_a_retry_after_beyond_reason_holds_seven_days_at_most(site, proxy, retry_after):
+    """A Retry-After of 31,000 years (or an HTTP-date in year 9999) is taken as the longest
+    wait acmebot accepts, said once; the other certificates of the batch are installed, and
+    a hold stored further ahead (by an older version) is not waited for."""
+    limited = http_certificate(site, 'limited', labels=('limited',))[0]
+    http_certificate(site, 'free', labels=('free',))
+    use_cas(site, proxy)
+    proxy.fault = rate_limited(limited, retry_after)
+    result = site.run()
+    assert result.returncode == 1, result.stderr
+    assert 'internal error' not in result.stderr
+    assert result.stderr.count(f'the CA asks to wait longer than 7 days (Retry-After: '
+                               f'{retry_after}); acmebot waits 7 days at most') == 1
+    assert 'the CA asks to wait 604800 seconds' in result.stderr
+    assert installed(site, 'free')
+    until = datetime.datetime.fromisoformat(record_entry(site, 'limited')['rate_limited'][
+        proxy.url])
+    assert abs(until.timestamp() - time.time() - 7 * 86400) < 60
+    proxy.fault = None
+    proxy.requests.clear()
+    assert_ok(site.run())
+    assert not proxy.new_orders()                   # held, as asked (within the limit)
+    path = site.path('resource', 'status.json')
+    with open(path) as file:
+        record = json.load(file)
+    for types in record['certificates']['limited'].values():
+        types['rate_limited'] = {proxy.url: '9999-12-31T23:59:59Z'}
+    with open(path, 'w') as file:
+        json.dump(record, file)
+    assert_ok(site.run())
+    assert len(proxy.new_orders()) == 1 and installed(site, 'limited')
+
+
 def set_caa(site, name: str, *values: str) -> None:
     site.env.bind.update('example.test', delete=[(name, 'CAA')],
                          add=[(name, 300, 'CAA', value) for value in values])

@@ -281,8 +281,9 @@ def test_damaged_state_file_is_rebuilt_not_a_crash(site, name, make):
     assert json.loads(site.read('resource', name))       # written anew, whole
 
 
-@pytest.mark.parametrize('content', ['{"kty": "oct", "k": "c2VjcmV0"}', DEEP, 'not json'],
-                         ids=['oct', 'deep', 'not-json'])
+@pytest.mark.parametrize('content', ['{"kty": "oct", "k": "c2VjcmV0"}', DEEP, 'not json',
+                                     '{"kty": "RSA"}', '{"kty": "EC", "crv": "P-256"}'],
+                         ids=['oct', 'deep', 'not-json', 'rsa-truncated', 'ec-truncated'])
 def test_account_key_that_is_no_private_key_is_a_clear_error(site, content):
     http_certificate(site)
     assert_ok(site.run())
@@ -292,6 +293,14 @@ def test_account_key_that_is_no_private_key_is_a_clear_error(site, content):
     assert result.returncode == 1
     assert re.search(r'ERROR: \S+client_key.json (holds no RSA or ECDSA private key|is not a '
                      r'readable JSON Web Key)', result.stderr), result.stderr
+    # --check --json says so in its JSON, as a failed check
+    check = site.run('--check', '--json', write=False)
+    assert_no_crash(check)
+    report = json.loads(check.stdout)
+    assert report['success'] is False
+    failed = [item['detail'] for group in report['groups'] for item in group['checks']
+              if not item['ok']]
+    assert any('client_key.json' in detail for detail in failed), failed
 
 
 @pytest.mark.parametrize('pending', ['public', 'oct', 'deep'])

@@ -225,6 +225,63 @@ def test_persistent_authorization_of_a_zone_apex_and_its_wildcard(site):
     assert_no_challenge_records(site, [zone])
 
 
+def txt(value: str) -> str:
+    """value as a TXT record's text in a zone file: UTF-8 bytes, those beyond printable
+    ASCII (and quotes, backslashes) as decimal escapes."""
+    return '"' + ''.join(chr(byte) if 32 <= byte < 127 and chr(byte) not in '"\\'
+                         else f'\\{byte:03d}' for byte in value.encode()) + '"'
+
+
+def test_stray_records_neither_stop_the_run_nor_count_as_acmebots(site):
+    """At a dns-persist-01 owner name: a TXT record that is not UTF-8, one for this account
+    with a parameter given twice (the first naming another account), one in capitals and
+    one with persistUntil=² stop nothing and are not taken as this account's record (the CA
+    would not either): the canonical record is published beside them. A record identical to
+    acmebot's that the operator published by hand is used, never noted as acmebot's, and so
+    never removed."""
+    hosts, _ = persistent_site(site, f'ps-{site.tag}')
+    site.config['settings']['persist_days'] = 30
+    assert_ok(site.run())
+    url = account_url(site)
+    owner, www_owner = (f'_validation-persist.{hosts[0]}', f'_validation-persist.{hosts[2]}')
+    [www_record] = site.env.bind.query(www_owner, 'TXT')
+    until = www_record.split('persistUntil=')[1]
+    strays = [(f'{ISSUER}; accounturi=https://127.0.0.1:14000/my-account/1; '
+               f'accounturi={url}; policy=wildcard; persistUntil={until}'),
+              f'{ISSUER.upper()}; ACCOUNTURI={url}; POLICY=wildcard; PERSISTUNTIL={until}',
+              f'{ISSUER}; accounturi={url}; policy=wildcard; persistUntil=\u00b2']
+    site.env.bind.update('example.test', delete=[(owner, 'TXT'), (www_owner, 'TXT')], add=[
+        (owner, 3600, 'TXT', '"\\255\\254 not text"'),
+        *[(owner, 3600, 'TXT', txt(stray)) for stray in strays],
+        (www_owner, 3600, 'TXT', f'"{www_record}"')])        # by hand, as acmebot would
+    assert len(site.env.bind.query(owner, 'TXT')) == 4, site.env.bind.query(owner, 'TXT')
+    path = site.path('resource', 'persistent.json')
+    with open(path) as file:
+        published = json.load(file)
+    del published['records']['example.test'][owner], published['records']['example.test'][
+        www_owner]
+    with open(path, 'w') as file:
+        json.dump(published, file)
+    result = site.run('--renew', '--verbose')
+    assert_ok(result)
+    assert f'a TXT record of {owner} is not UTF-8 text' in result.stderr
+    assert result.stderr.count('is not UTF-8 text') == 1      # once, however often asked
+    served = site.env.bind.query(owner, 'TXT')
+    canonical = [value for value in served if re.fullmatch(
+        rf'{re.escape(ISSUER)}; accounturi={re.escape(url)}; policy=wildcard; '
+        r'persistUntil=\d+', value)]
+    assert len(canonical) == 1 and len(served) == 5, served     # the strays stay beside it
+    assert site.env.bind.query(www_owner, 'TXT') == [www_record]
+    with open(path) as file:
+        noted = json.load(file)['records']['example.test']
+    assert noted[owner] == canonical and www_owner not in noted
+    # Taken out of the section, the names lose only what acmebot published.
+    site.config['persistent_authorizations'] = {}
+    assert_ok(site.run())
+    assert sorted(site.env.bind.query(owner, 'TXT')) == sorted(set(served) - set(canonical))
+    assert site.env.bind.query(www_owner, 'TXT') == [www_record]
+
+
 def test_a_record_near_its_persist_until_is_renewed_and_the_old_one_removed(site):
     hosts, _ = persistent_site(site, f'pn-{site.tag}')
     site.config['settings']['persist_days'] = 30

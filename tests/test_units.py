@@ -781,6 +781,21 @@ def test_persist_records(acmebot_module):
         'authority.example', {'accounturi': 'x', 'policy': 'Wildcard'})
     assert m.IssuerValue.parse('authority.example; accounturi') is None
     assert m.IssuerValue.parse('v=spf1 -all') is None
+    # RFC 8659 section 4.2: the parameters after ";" are optional
+    for value in ('ca.example;', 'ca.example; ', 'ca.example ;'):
+        assert (m.IssuerValue.parse(value).issuer, dict(m.IssuerValue.parse(value).params)) \
+            == ('ca.example', {}), value
+    assert m.IssuerValue.parse('ca.example; ; a=b') is None
+    # as dns-persist-01 records (strict): what the CA would not take is no record
+    canonical = m.persist_record('authority.example', url, True, 1721952000)
+    assert m.IssuerValue.parse(canonical, strict=True) == m.IssuerValue.parse(canonical)
+    for value in (f'authority.example; accounturi=https://ca.test/acct/2; accounturi={url}',
+                  f'authority.example; accounturi={url}; AccountURI={url}',
+                  f'AUTHORITY.EXAMPLE; accounturi={url}', f'authority.example.; accounturi={url}',
+                  f'authority.example; ACCOUNTURI={url}',
+                  f'authority.example; accounturi={url}; persistuntil=1721952000'):
+        assert m.IssuerValue.parse(value) is not None and \
+            m.IssuerValue.parse(value, strict=True) is None, value
 
     def fits(value, issuers, account, wildcard, at):
         return m.IssuerValue.parse(value).authorizes(issuers, account, wildcard, at)
@@ -890,6 +905,17 @@ def test_validation_methods(acmebot_module):
             persistent=persistent, webroot=webroot, dns_challenge=asked,
             account_label_zone=rfc2136, offered=offered) == expected, \
             (persistent, webroot, asked, rfc2136, offered)
+
+
+def test_caa_issue_with_an_empty_parameter_list_names_its_ca(acmebot_module):
+    """issue "ca.test;" (RFC 8659 section 4.2: parameters optional) allows ca.test."""
+    m = acmebot_module
+    methods = (m.ChallengeType.DNS_01,)
+    for value in ('ca.test;', 'ca.test; '):
+        assert m.caa_refusal([(0, 'issue', value)], 'a.test', ['ca.test'],
+                             'https://ca.test/acct/1', methods, False) is None, value
+    assert m.caa_refusal([(0, 'issue', ';')], 'a.test', ['ca.test'],
+                         'https://ca.test/acct/1', methods, False) is not None
 
 
 def test_caa_refusal_of_several_methods(acmebot_module):
