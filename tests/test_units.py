@@ -791,7 +791,8 @@ def test_persist_records(acmebot_module):
     assert m.IssuerValue.parse(canonical, strict=True) == m.IssuerValue.parse(canonical)
     for value in (f'authority.example; accounturi=https://ca.test/acct/2; accounturi={url}',
                   f'authority.example; accounturi={url}; AccountURI={url}',
-                  f'AUTHORITY.EXAMPLE; accounturi={url}', f'authority.example.; accounturi={url}',
+                  f'AUTHORITY.EXAMPLE; accounturi={url}',
+                  f'authority.example.; accounturi={url}',
                   f'authority.example; ACCOUNTURI={url}',
                   f'authority.example; accounturi={url}; persistuntil=1721952000'):
         assert m.IssuerValue.parse(value) is not None and \
