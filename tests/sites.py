@@ -29,6 +29,12 @@ DIRECTORY_SETTINGS = ('resource', 'private_key', 'certificate', 'dhparam', 'chal
                       'archive', 'update_key', 'pid')
 
 
+def write_secret(path: str, text: str) -> None:
+    """Write a file holding a secret as README asks: mode 0600 from the start."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as file:
+        file.write(text)
+
+
 def readme_block(path: str) -> str:
     """The indented block that follows the README line naming path (a file to write)."""
     with open(os.path.join(ROOT, 'README.md')) as file:
@@ -125,15 +131,14 @@ class Site:
         if legacy:
             number = LEGACY_ALGORITHM_NUMBERS[algorithm]
             base = f'K{key.name}.+{number:03d}+12345'
-            with open(os.path.join(self.dirs['update_key'], base + '.key'), 'w') as file:
-                file.write(f'{key.name}. IN KEY 512 3 {number} {key.secret}\n')
-            with open(os.path.join(self.dirs['update_key'], base + '.private'), 'w') as file:
-                file.write(f'Private-key-format: v1.3\nAlgorithm: {number} '
-                           f'({algorithm.upper()})\nKey: {key.secret}\nBits: AAA=\n')
+            write_secret(os.path.join(self.dirs['update_key'], base + '.key'),
+                         f'{key.name}. IN KEY 512 3 {number} {key.secret}\n')
+            write_secret(os.path.join(self.dirs['update_key'], base + '.private'),
+                         f'Private-key-format: v1.3\nAlgorithm: {number} '
+                         f'({algorithm.upper()})\nKey: {key.secret}\nBits: AAA=\n')
             return base + '.key'
         name = f'{algorithm}.key'
-        with open(os.path.join(self.dirs['update_key'], name), 'w') as file:
-            file.write(key.clause())
+        write_secret(os.path.join(self.dirs['update_key'], name), key.clause())
         return name
 
     def use_eab_pebble(self) -> None:
@@ -145,7 +150,9 @@ class Site:
     def write_config(self, config: dict[str, Any] | None = None) -> str:
         config = self.config if config is None else config
         check_loopback_only(config)
-        with open(self.config_path, 'w') as file:
+        # as README asks of a file that may hold secrets: not readable by every user
+        with open(os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640),
+                  'w') as file:
             json.dump(config, file, indent=2)
         return self.config_path
 

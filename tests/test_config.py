@@ -799,3 +799,30 @@ def test_a_dns_validated_name_or_tlsa_record_needs_a_way_to_its_zone(tmp_path):
     write(tmp_path, tlsa)
     config_error(tmp_path, r'^certificates\.example\.test\.tlsa_records\.example\.test: zone '
                            r'example\.test has no way to be updated')
+
+
+def test_secrets_in_files_every_user_can_read_are_warned_of(tmp_path, caplog):
+    """A configuration holding eab_hmac_key and a TSIG key file, each readable by every
+    user: a warning for each names the file and the mode to set; none once they are not."""
+    m = load_acmebot_module()
+    (tmp_path / 'update_key').mkdir()
+    key = tmp_path / 'update_key' / 'update.key'
+    key.write_text(f'key "update.example.test." {{\n\talgorithm hmac-sha256;\n'
+                   f'\tsecret "{SECRET}";\n}};\n')
+    path = write(tmp_path, minimal(tmp_path, account__eab_kid='kid',
+                                   account__eab_hmac_key='c2VjcmV0',
+                                   zone_update_keys={'example.test': 'update.key'}))
+    for mode, warned in ((0o644, True), (0o640, False)):
+        os.chmod(path, mode)
+        os.chmod(key, mode)
+        m._WARNED_READABLE.clear()
+        caplog.clear()
+        m.load_config(path)
+        warnings = [record.getMessage() for record in caplog.records
+                    if record.levelname == 'WARNING']
+        expected = [(f'{key} holds a TSIG key and is readable by every user (mode 0644): '
+                     f'chmod o-r {key}'),
+                    (f'{path} holds an eab_hmac_key (External Account Binding) and is '
+                     f'readable by every user (mode 0644): chmod o-r {path}')]
+        assert warnings == (expected if warned else []), warnings
+    assert output_files(tmp_path) == []

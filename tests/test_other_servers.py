@@ -18,6 +18,7 @@ from sites import (
     later,
     launch_acmebot,
     pem_certificates,
+    write_secret,
 )
 
 
@@ -182,8 +183,7 @@ def test_root_for_the_full_chain_file_comes_from_the_system_store(site):
 
 def use_update_server(site, server, key: Tsig, nsupdate: bool = False) -> None:
     """The site's zone_update_keys entry for the server's zone, signed with key."""
-    with open(os.path.join(site.dirs['update_key'], 'update.key'), 'w') as file:
-        file.write(key.clause())
+    write_secret(os.path.join(site.dirs['update_key'], 'update.key'), key.clause())
     site.config['zone_update_keys'] = {server.zone: {
         'file': 'update.key', 'server': '127.0.0.1', 'port': server.port}}
     # lookups in the zone (CNAME delegation) go to the server, which is authoritative for it
