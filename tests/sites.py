@@ -29,9 +29,10 @@ DIRECTORY_SETTINGS = ('resource', 'private_key', 'certificate', 'dhparam', 'chal
                       'archive', 'update_key', 'pid')
 
 
-def write_secret(path: str, text: str) -> None:
-    """Write a file holding a secret as README asks: mode 0600 from the start."""
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as file:
+def write_secret(path: str, text: str, mode: int = 0o600) -> None:
+    """Write a file that holds (or may hold) a secret as README asks: never readable by
+    every user, from the start (a file that exists keeps its mode)."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), 'w') as file:
         file.write(text)
 
 
@@ -150,10 +151,7 @@ class Site:
     def write_config(self, config: dict[str, Any] | None = None) -> str:
         config = self.config if config is None else config
         check_loopback_only(config)
-        # as README asks of a file that may hold secrets: not readable by every user
-        with open(os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640),
-                  'w') as file:
-            json.dump(config, file, indent=2)
+        write_secret(self.config_path, json.dumps(config, indent=2), 0o640)
         return self.config_path
 
     def run(self, *args: str, write: bool = True, wait: bool = True, timeout: float = 300,

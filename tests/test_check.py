@@ -5,6 +5,7 @@ removed in every case."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import http.server
@@ -15,6 +16,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -284,6 +286,23 @@ def test_check_finds_a_name_server_without_the_record_and_a_killed_check_is_clea
 REDIRECT_ADDRESS = '127.53.0.90'
 
 
+@contextlib.contextmanager
+def own_web_server(site, handler: type[http.server.BaseHTTPRequestHandler], name: str
+                   ) -> Iterator[None]:
+    """A web server of the test's own on REDIRECT_ADDRESS, port 80, with name pointing at
+    it (an A record in the test BIND) while it runs."""
+    server = http.server.ThreadingHTTPServer((REDIRECT_ADDRESS, 80), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site.env.bind.update('example.test', add=[(name, 60, 'A', REDIRECT_ADDRESS)])
+    try:
+        yield
+    finally:
+        site.env.bind.update('example.test', delete=[(name, 'A')])
+        server.shutdown()
+        server.server_close()
+
+
 def test_check_follows_redirects_as_the_ca_does(site):
     """A host whose web server redirects (a real HTTP server on its own address): followed
     to http on port 80; a redirect to another port is named as one the CA does not
@@ -300,12 +319,9 @@ def test_check_follows_redirects_as_the_ca_does(site):
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer((REDIRECT_ADDRESS, 80), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (moved,) = http_certificate(site, 'moved', labels=('moved',))
     served = site.host('served')            # the test web server, by the zone's wildcard
-    site.env.bind.update('example.test', add=[(moved, 60, 'A', REDIRECT_ADDRESS)])
-    try:
+    with own_web_server(site, Redirect, moved):
         target['url'] = f'http://{served}'
         result = site.run('--check')
         assert_ok(result)
@@ -318,10 +334,6 @@ def test_check_follows_redirects_as_the_ca_does(site):
         assert (f'redirects to http://{served}:8080/.well-known/acme-challenge/'
                 in result.stdout and 'which the CA does not follow (only http or https on '
                 'ports 80 and 443)' in result.stdout), result.stdout
-    finally:
-        site.env.bind.update('example.test', delete=[(moved, 'A')])
-        server.shutdown()
-        server.server_close()
 
 
 def test_check_persistent_records_and_a_certificate_that_no_longer_matches_its_key(site):
@@ -480,19 +492,13 @@ def test_check_bounds_a_web_server_that_answers_one_byte_at_a_time(site):
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer((REDIRECT_ADDRESS, 80), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (slow,) = http_certificate(site, 'slow', labels=('slow',))
-    site.env.bind.update('example.test', add=[(slow, 60, 'A', REDIRECT_ADDRESS)])
-    try:
-        result = site.run('--check')     # it ends (launch_acmebot's timeout would fail it)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert (f'FAIL  HTTP-01 {slow}: {REDIRECT_ADDRESS}: http://{slow}/.well-known/'
-                'acme-challenge/') in result.stdout
-        assert 'no whole answer within 15 seconds, redirects included' in result.stdout
-    finally:
-        stop.set()
-        site.env.bind.update('example.test', delete=[(slow, 'A')])
-        server.shutdown()
-        server.server_close()
+    with own_web_server(site, Drip, slow):
+        try:
+            result = site.run('--check')     # it ends (launch_acmebot's timeout would fail it)
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert (f'FAIL  HTTP-01 {slow}: {REDIRECT_ADDRESS}: http://{slow}/.well-known/'
+                    'acme-challenge/') in result.stdout
+            assert 'no whole answer within 15 seconds, redirects included' in result.stdout
+        finally:
+            stop.set()          # the handler ends before the server is shut down

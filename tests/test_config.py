@@ -815,7 +815,7 @@ def test_secrets_in_files_every_user_can_read_are_warned_of(tmp_path, caplog):
     for mode, warned in ((0o644, True), (0o640, False)):
         os.chmod(path, mode)
         os.chmod(key, mode)
-        m._WARNED_READABLE.clear()
+        m._WARNED.clear()
         caplog.clear()
         m.load_config(path)
         warnings = [record.getMessage() for record in caplog.records

@@ -17,6 +17,7 @@ the sample configuration or your own, against it.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -143,13 +144,8 @@ def show_files(root: str) -> None:
 
 
 def server_logs(root: str) -> list[str]:
-    """The lab servers' logs that exist under root."""
-    servers = os.path.join(root, 'servers')
-    return [path for path in (os.path.join(servers, 'bind', 'named.log'),
-                              os.path.join(servers, 'resolver', 'named.log'),
-                              os.path.join(servers, 'pebble', 'pebble.log'),
-                              os.path.join(servers, 'webroot.log'))
-            if os.path.exists(path)]
+    """The lab servers' logs under root (each server writes its .log in its directory)."""
+    return sorted(glob.glob(os.path.join(root, 'servers', '**', '*.log'), recursive=True))
 
 
 def show_logs(root: str, lines: int = 0) -> None:
