@@ -19,6 +19,10 @@ from servers import Pebble, require_loopback
 
 ERROR_PREFIX = 'urn:ietf:params:acme:error:'
 NEW_ORDER_PATH = '/order-plz'           # Pebble's newOrder
+# the paths of Pebble's resources, by what acmebot asks of them
+PATHS = {'newNonce': '/nonce-plz', 'newAccount': '/sign-me-up', 'newOrder': NEW_ORDER_PATH,
+         'challenge': '/chalZ/', 'finalize': '/finalize-order/', 'revokeCert': '/revoke-cert',
+         'keyChange': '/rollover-account-key'}
 
 
 @dataclass
@@ -56,6 +60,17 @@ def rate_limited(name: str, retry_after: int | str) -> Fault:
         if request.method == 'POST' and request.path == NEW_ORDER_PATH and \
                 name in request.identifiers:
             return Answer(429, 'rateLimited', f'too many new orders for {name} recently',
+                          {'Retry-After': str(retry_after)})
+        return None
+    return fault
+
+
+def rate_limited_request(kind: str, retry_after: int | str = 3600) -> Fault:
+    """Every request to a kind of resource (a key of PATHS) is refused with 429 rateLimited
+    and Retry-After (an answer to HEAD, newNonce's, without the problem document)."""
+    def fault(request: Request) -> Answer | None:
+        if request.path.startswith(PATHS[kind]) and request.method in ('HEAD', 'POST'):
+            return Answer(429, 'rateLimited', f'too many {kind} requests recently',
                           {'Retry-After': str(retry_after)})
         return None
     return fault
@@ -114,7 +129,8 @@ class CaProxy:
                         self.send_header(name, value)
                     self.send_header('Content-Length', str(len(content)))
                     self.end_headers()
-                    self.wfile.write(content.encode())
+                    if self.command != 'HEAD':
+                        self.wfile.write(content.encode())
                     return
                 context = ssl.create_default_context(cafile=proxy.pebble.ca_file)
                 connection = http.client.HTTPSConnection('127.0.0.1', proxy.pebble.port,

@@ -13,16 +13,18 @@ import stat
 import time
 
 import pytest
-from ca_proxy import rate_limited, server_error
+from ca_proxy import PATHS, Answer, rate_limited, rate_limited_request, server_error
 from servers import Pebble
 from sites import (
     assert_ok,
     dns_certificate,
     http_certificate,
+    later,
     pem_certificates,
     run_record,
     san,
 )
+from test_hooks import hook, hook_calls
 from test_persist import account_url, persistent_site
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -264,7 +266,170 @@ def test_a_retry_after_beyond_reason_holds_seven_days_at_most(site, proxy, retry
     with open(path, 'w') as file:
         json.dump(record, file)
     assert_ok(site.run())
-    assert len(proxy.new_orders()) == 1 and installed(site, 'limited')
+    assert proxy.new_orders() and installed(site, 'limited')
+
+
+def status_record(site) -> dict:
+    with open(site.path('resource', 'status.json')) as file:
+        return json.load(file)
+
+
+@pytest.mark.parametrize('kind', ['newNonce', 'newAccount'])
+def test_a_429_to_a_request_for_no_one_certificate_holds_the_whole_ca_across_runs(
+        site, proxy, fallback_pebble, kind):
+    """newNonce (HEAD: an answer without a problem document) and newAccount concern no one
+    certificate: the CA is asked nothing before its Retry-After, however many certificates
+    are due, and a fallback CA issues them meanwhile."""
+    http_certificate(site, 'one', labels=('one',))
+    http_certificate(site, 'two', labels=('two',))
+    use_cas(site, proxy)
+    metrics = os.path.join(site.root, 'acmebot.prom')
+    site.config['settings']['metrics_file'] = metrics
+    proxy.fault = rate_limited_request(kind)
+    result = site.run()
+    assert result.returncode == 1
+    detail = (f'the CA answered HTTP 429 Too Many Requests to HEAD https://127.0.0.1:'
+              f'{proxy.port}{PATHS[kind]} (an answer to HEAD has no detail)'
+              if kind == 'newNonce' else 'too many newAccount requests recently [rateLimited]')
+    assert f'{detail}; the CA asks to wait 3600 seconds' in result.stderr
+    assert 'internal error' not in result.stderr
+    hold = status_record(site)['rate_limited_cas'][proxy.url]
+    assert hold['request'] == kind
+    until = datetime.datetime.fromisoformat(hold['until'].replace('Z', '+00:00'))
+    assert 3590 < until.timestamp() - time.time() <= 3600
+    with open(metrics) as file:
+        assert (f'acmebot_ca_rate_limited_until_timestamp_seconds{{ca="{proxy.url}",'
+                f'request="{kind}"}} {until.timestamp()!r}\n') in file.read()
+    # the next run asks that CA nothing, and waiting as asked is no failure
+    proxy.fault = None
+    proxy.requests.clear()
+    result = site.run()
+    assert_ok(result)
+    assert proxy.requests == []
+    status = site.run('--status', write=False).stdout
+    assert (f'CA {proxy.url}: rate limited until {hold["until"]}: it answered HTTP 429 to '
+            f'{kind} and is not asked anything before') in status
+    assert re.search(r'one \w+: PROBLEM: no certificate installed .*rate limited by '
+                     + re.escape(proxy.url) + ' until ', status), status
+    # a fallback CA issues both at once, still without a request to the held CA
+    use_cas(site, proxy, fallback_pebble)
+    assert_ok(site.run())
+    assert proxy.requests == []
+    assert installed(site, 'one').issuer == intermediate_of(fallback_pebble)
+    assert installed(site, 'two').issuer == intermediate_of(fallback_pebble)
+    # two hours later the hold is over: a new certificate is ordered from that CA again
+    http_certificate(site, 'three', labels=('three',))
+    assert_ok(site.run(prefix=later(2 / 24)))
+    # (a newOrder that Pebble refused as badNonce is sent again)
+    assert {tuple(request.identifiers) for request in proxy.new_orders()} == {
+        (site.host('three'),)}
+    assert installed(site, 'three').issuer != intermediate_of(fallback_pebble)
+    assert status_record(site)['rate_limited_cas'] == {}
+
+
+@pytest.mark.parametrize('kind', ['challenge', 'finalize'])
+def test_a_429_to_a_request_for_one_certificate_holds_that_certificate(site, proxy, kind):
+    """The challenge POST and the finalization belong to one certificate's order: that
+    certificate is not ordered from the CA again before the Retry-After; the others go on."""
+    http_certificate(site, 'limited', labels=('limited',))
+    use_cas(site, proxy)
+    proxy.fault = rate_limited_request(kind, 1800)
+    result = site.run()
+    assert result.returncode == 1
+    assert (f'too many {kind} requests recently [rateLimited]; the CA asks to wait 1800 '
+            'seconds') in result.stderr
+    limited = datetime.datetime.fromisoformat(record_entry(site, 'limited')['rate_limited'][
+        proxy.url].replace('Z', '+00:00'))
+    assert 1790 < limited.timestamp() - time.time() <= 1800
+    assert status_record(site)['rate_limited_cas'] == {}
+    http_certificate(site, 'free', labels=('free',))
+    proxy.fault = None
+    proxy.requests.clear()
+    assert_ok(site.run())
+    assert {tuple(request.identifiers) for request in proxy.new_orders()} == {
+        (site.host('free'),)}
+    assert installed(site, 'free')
+
+
+def test_a_429_to_a_key_change_or_a_revocation_holds_the_ca_and_changes_nothing(site, proxy):
+    http_certificate(site)
+    use_cas(site, proxy)
+    assert_ok(site.run())
+    leaf = installed(site)
+    account_key = site.read('resource', 'client_key.json')
+    proxy.fault = rate_limited_request('keyChange', 600)
+    result = site.run('--rollover-account')
+    assert result.returncode == 1
+    assert ('changing the ACME account key: too many keyChange requests recently '
+            '[rateLimited]; the CA asks to wait 600 seconds') in result.stderr
+    assert site.read('resource', 'client_key.json') == account_key
+    assert status_record(site)['rate_limited_cas'][proxy.url]['request'] == 'keyChange'
+    # held: not even a revocation is sent before the time has passed
+    proxy.fault = None
+    proxy.requests.clear()
+    result = site.run('--revoke', 'site')
+    assert result.returncode == 1
+    assert re.search(f'the CA at {re.escape(proxy.url)} is not asked before [0-9: -]+ UTC: it '
+                     'answered HTTP 429 to keyChange', result.stderr), result.stderr
+    assert proxy.requests == []
+    assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
+    # an hour later the revocation is sent, and refused with 429 in its turn
+    proxy.fault = rate_limited_request('revokeCert', 900)
+    result = site.run('--revoke', 'site', prefix=later(1 / 24))
+    assert result.returncode == 1
+    assert ('too many revokeCert requests recently [rateLimited]; the CA asks to wait 900 '
+            'seconds') in result.stderr
+    assert site.env.pebble.certificate_status(leaf.serial_number)['Status'] == 'Valid'
+    assert installed(site).serial_number == leaf.serial_number
+    assert status_record(site)['rate_limited_cas'][proxy.url]['request'] == 'revokeCert'
+
+
+def test_a_revocation_refused_at_one_ca_leaves_a_true_state(site, proxy, fallback_pebble):
+    """One private key with a certificate from the fallback CA and one from the primary,
+    which answers 500 to revokeCert: the fallback's certificate is revoked, its hook runs,
+    the key is replaced, and the run is a failure that names the one not revoked."""
+    command, log = hook(site)
+    site.config['hooks'] = {'certificate_revoked': [command]}
+    http_certificate(site, 'fallen', labels=('fallen',))
+    site.config['private_keys'] = {'shared': {'certificates': site.config.pop('certificates')}}
+    use_cas(site, proxy, fallback_pebble)
+    proxy.fault = server_error
+    assert_ok(site.run())
+    proxy.fault = None
+    http_certificate(site, 'primary', labels=('primary',))
+    site.config['private_keys']['shared']['certificates'].update(
+        site.config.pop('certificates'))
+    assert_ok(site.run())
+    fallen, primary = installed(site, 'fallen'), installed(site, 'primary')
+    assert fallen.issuer == intermediate_of(fallback_pebble)
+    assert primary.issuer == intermediate_of(site.env.pebble)
+    key = site.read('private_key', 'shared.key')
+
+    def refuse_revocation(request):
+        if request.path == PATHS['revokeCert']:
+            return Answer(500, 'serverInternal', 'revocation is down')
+        return None
+    proxy.fault = refuse_revocation
+    result = site.run('--revoke', 'shared')
+    assert result.returncode == 1
+    assert (f'ERROR: shared: certificate primary (serial {primary.serial_number:x}) was not '
+            'revoked: revoking certificate primary: revocation is down [serverInternal]; the '
+            'key is rolled over') in result.stderr
+    assert fallback_pebble.certificate_status(fallen.serial_number)['Status'] == 'Revoked'
+    assert site.env.pebble.certificate_status(primary.serial_number)['Status'] == 'Valid'
+    (call,) = hook_calls(log)
+    assert (call['ACMEBOT_EVENT'], call['ACMEBOT_CERTIFICATE']) == ('certificate_revoked',
+                                                                    'fallen')
+    # the revoked certificate is not served: the key and both certificates are replaced
+    assert site.read('private_key', 'shared.key') != key
+    assert installed(site, 'fallen').serial_number != fallen.serial_number
+    assert installed(site, 'primary').serial_number != primary.serial_number
+    record = status_record(site)
+    assert record['run']['success'] is False and record['run']['exit_status'] == 1
+    assert record_entry(site, 'fallen')['last_attempt']['success'] is True
+    again = site.run()
+    assert_ok(again)
+    assert (again.stdout, again.stderr) == ('', '')
 
 
 def set_caa(site, name: str, *values: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import pwd
 import re
 import signal
 import threading
@@ -522,6 +523,36 @@ def test_http_challenge_directory_missing(site):
     result = site.run('--renew')
     assert_failed_cleanly(site, result, before,
                           r'HTTP challenge directory .*no-such-dir for .* does not exist')
+
+
+def test_a_challenge_directory_behind_another_users_link_is_refused(site):
+    """A web user who replaces <webroot>/.well-known with a symbolic link cannot have root
+    acmebot write (or remove) files where it points; a link owned by root is followed."""
+    (host,) = http_certificate(site)
+    webroot = os.path.join(site.root, 'webroot')
+    elsewhere = os.path.join(site.root, 'elsewhere', 'acme-challenge')
+    os.makedirs(webroot)
+    os.makedirs(elsewhere)
+    link = os.path.join(webroot, '.well-known')
+    os.symlink(os.path.dirname(elsewhere), link)
+    os.lchown(link, 65534, 65534)
+    directory = os.path.join(link, 'acme-challenge')
+    site.config['http_challenges'] = {host: directory}
+    refused = (f'HTTP challenge directory {directory} for {host} leads through {link}, a '
+               f'symbolic link owned by {pwd.getpwuid(65534).pw_name} (not root): acmebot '
+               'does not follow it')
+    result = site.run()
+    assert result.returncode == 1
+    assert refused in result.stderr
+    check = site.run('--check')
+    assert check.returncode == 1
+    assert refused in check.stdout
+    assert os.listdir(elsewhere) == []
+    # the same link, owned by root and pointing where the web server serves the files
+    os.remove(link)
+    os.symlink(os.path.dirname(site.env.http.challenge_dir), link)
+    assert_ok(site.run())
+    assert san(pem_certificates(site.read('certificate', 'site.pem'))[0]) == {host}
 
 
 def test_http_validation_failure_reports_ca_detail(site):

@@ -1100,3 +1100,28 @@ def test_readme_provider_examples_are_valid(acmebot_module, tmp_path):
         assert set(providers) == set(section)
     assert {provider.name for provider in providers.values()} == {
         'cloudflare', 'powerdns', 'hetzner', 'ovh'}
+
+
+def test_trusted_path_resolves_links_but_not_other_users(acmebot_module, tmp_path):
+    m = acmebot_module
+    real = tmp_path / 'www' / 'html'
+    (real / '.well-known' / 'acme-challenge').mkdir(parents=True)
+    (tmp_path / 'site').symlink_to('www/html')                  # relative, owned by root
+    (tmp_path / 'up').symlink_to(str(tmp_path / 'www' / 'html' / '..'))
+    assert m.trusted_path(f'{tmp_path}/site/.well-known/acme-challenge') == \
+        f'{real}/.well-known/acme-challenge'
+    assert m.trusted_path(f'{tmp_path}/up/html/./.well-known') == f'{real}/.well-known'
+    assert m.trusted_path(f'{tmp_path}/site/missing/dir') == f'{real}/missing/dir'
+    (real / 'other').symlink_to('/etc')
+    os.lchown(real / 'other', 65534, 65534)
+    with pytest.raises(ValueError, match=r'leads through .*/www/html/other, a symbolic link '
+                                         r'owned by \S+ \(not root\)'):
+        m.trusted_path(f'{tmp_path}/site/other/cron.d')
+    (tmp_path / 'loop').symlink_to('loop')
+    with pytest.raises(ValueError, match='too many symbolic links'):
+        m.trusted_path(f'{tmp_path}/loop/x')
+    # a link put in the way after resolving is not followed when the directory is opened
+    fd = m.open_directory_strictly(f'{real}/.well-known')
+    os.close(fd)
+    with pytest.raises(OSError):
+        m.open_directory_strictly(f'{tmp_path}/site/.well-known')
