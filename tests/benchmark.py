@@ -94,7 +94,13 @@ class Tool:
 class Acmebot(Tool):
     name = 'acmebot'
 
-    def site(self, certificates: int, challenge: str = 'dns') -> Site:
+    def site(self, certificates: int, challenge: str = 'dns', realistic: bool = False
+             ) -> Site:
+        """A site of certificates of two names each. realistic: as a server would have
+        them (README: Performance): TLSA records for each certificate's first name, a
+        service and hooks, DH parameters of 2048 bits and every tenth of 4096. (verify
+        checks only certificates issued in the run: it costs a no-op run nothing, and the
+        benchmark has no TLS server to present the certificates.)"""
         site = Site(self.env, self.run_directory())
         site.config['settings'] = {key: value for key, value in site.config['settings'].items()
                                    if key in ('acme_directory_url', 'acme_ca_bundle',
@@ -108,6 +114,14 @@ class Acmebot(Tool):
             site.config['certificates'][f'c{index}'] = {
                 'common_name': hosts[0],
                 'alt_names': {'example.test': [host.split('.')[0] for host in hosts]}}
+            if realistic:
+                site.config['certificates'][f'c{index}'].update(
+                    services=['web'], dhparam_size=4096 if index % 10 == 9 else 2048,
+                    tlsa_records={'example.test': {hosts[0].split('.')[0]: 443}})
+        if realistic:
+            site.config['services'] = {'web': 'true'}
+            site.config['hooks'] = {'certificate_installed': ['true'],
+                                    'renewal_failed': ['true']}
             if challenge == 'http':
                 site.config.setdefault('http_challenges', {}).update(
                     {host: self.env.http.challenge_dir for host in hosts})
@@ -225,10 +239,25 @@ class Benchmark:
             return timed(self.acmebot.command(site), cwd=site.root)
         return run
 
-    def acmebot_noop(self, certificates: int):
-        site = self.acmebot.site(certificates)
-        timed(self.acmebot.command(site), cwd=site.root)
-        return lambda: timed(self.acmebot.command(site), cwd=site.root)
+    def acmebot_noop(self, certificates: int, days_later: float = 0,
+                     realistic: bool = False, site: Site | None = None):
+        """A run with nothing to do over certificates issued first: right after, or
+        days_later (acmebot's clock moved on with faketime: the renewal information is to
+        be asked again, nothing is due). Each measured run starts from the same files."""
+        if site is None:
+            site = self.acmebot.site(certificates, realistic=realistic)
+            timed(self.acmebot.command(site), cwd=site.root)
+        prefix = ['faketime', '-f', f'+{days_later}d'] if days_later else []
+        if days_later:
+            copy = site.root + '.issued'
+            shutil.copytree(site.root, copy, symlinks=True)
+
+        def run() -> tuple[float, int]:
+            if days_later:
+                shutil.rmtree(site.root)
+                shutil.copytree(copy, site.root, symlinks=True)
+            return timed([*prefix, *self.acmebot.command(site)], cwd=site.root)
+        return run
 
     # peers
 
@@ -303,9 +332,39 @@ class Benchmark:
                 if peers:
                     tools['certbot'] = self.certbot_noop(count)
                 self.measure(work, tools)
-        work = f'{large} certificates x 2 names, DNS-01, one run'
-        if large and self.selected(work):
-            self.measure(work, {'acmebot': self.acmebot_issue(large)})
+        work = 'no-op run the day after over 100 certificates'
+        if self.selected(work):
+            self.measure(work, {'acmebot': self.acmebot_noop(100, days_later=1)})
+        for days in (0, 1):
+            work = (f'no-op run {"the day after " if days else ""}over 100 certificates, '
+                    'realistic (TLSA, service, hooks, DH 2048, ten at 4096)')
+            if self.selected(work):
+                self.measure(work, {'acmebot': self.acmebot_noop(100, days, realistic=True)})
+        if large:
+            self.large(large)
+
+    def large(self, count: int) -> None:
+        """One configuration of count certificates: issued in one run, then the runs and
+        commands that live with it."""
+        work = f'{count} certificates x 2 names, DNS-01, one run'
+        if not any(self.selected(text) for text in (work, f'over {count} ')):
+            return
+        site = self.acmebot.site(count)
+        seconds_taken, kib = timed(self.acmebot.command(site), cwd=site.root)
+        self.rows.append((work, {'acmebot': Measure([seconds_taken], kib)}))
+        print(f'  {work}: acmebot {seconds(seconds_taken)} '
+              f'({seconds_taken / count * 1000:.1f} ms a certificate)', flush=True)
+        for work, tool in (
+                (f'no-op run over {count} certificates', self.acmebot_noop(count, site=site)),
+                (f'no-op run the day after over {count} certificates',
+                 self.acmebot_noop(count, days_later=1, site=site)),
+                (f'--status over {count} certificates',
+                 lambda: timed(self.acmebot.command(site, '--status'), cwd=site.root)),
+                (f'--check --quiet over {count} certificates',
+                 lambda: timed(self.acmebot.command(site, '--check', '--quiet'),
+                               cwd=site.root))):
+            if self.selected(work):
+                self.measure(work, {'acmebot': tool})
 
     def table(self) -> str:
         peers = ['certbot', 'lego'] if self.certbot is not None else []
@@ -360,7 +419,9 @@ def main() -> None:
     parser.add_argument('--repeat', type=int, default=1,
                         help=f'runs per measurement (start-up: at least {START_UP_RUNS})')
     parser.add_argument('--large', type=int, default=1000,
-                        help='certificates in the acmebot-only run (0: skip)')
+                        help='certificates in the acmebot-only configuration: issued in '
+                             'one run, then a no-op run, one the day after, --status and '
+                             '--check --quiet (0: skip; 10000 takes about an hour)')
     parser.add_argument('--json', help='also write the figures to this file')
     parser.add_argument('--only', action='append', default=[], metavar='TEXT',
                         help='measure only the work whose description contains TEXT '

@@ -84,6 +84,28 @@ def test_tlsa_records_remote_kept_in_line_every_run(site):
     assert result.stdout == ''
     for name, values in expected.items():
         assert served_tlsa(site, name) == values, name
+    # all the while the key was not read again: its records are noted with it
+    assert 'tlsa' in json.loads(site.read('resource', 'status.json'))['keys']['site']
+
+
+def test_a_tlsa_name_two_keys_pin_keeps_the_values_of_a_key_not_read(site):
+    """Two private keys pin the same name: a run that reads one of them (its certificate
+    file was touched) and skips the other publishes the union, not the first key's alone."""
+    (host,) = dns_certificate(site, 'one', labels=('shared',))
+    dns_certificate(site, 'two', labels=('other',))
+    label = host.split('.')[0]
+    for name in ('one', 'two'):
+        site.config['certificates'][name]['tlsa_records'] = {'example.test': {label: 443}}
+    assert_ok(site.run())
+    both = served_tlsa(site, f'_443._tcp.{host}')
+    assert len(both) == 4                       # primary and backup keys of each
+    os.utime(site.path('certificate', 'one.pem'))
+    serial = site.env.bind.serial('example.test')
+    result = site.run('--verbose')
+    assert_ok(result)
+    assert 'two: certificate two is not due' in result.stdout     # said again, not read
+    assert served_tlsa(site, f'_443._tcp.{host}') == both
+    assert site.env.bind.serial('example.test') == serial
 
 
 def test_tlsa_ttl_and_rollover_keep_records_valid(site):

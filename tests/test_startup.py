@@ -21,6 +21,7 @@ from sites import (
 )
 
 LIBRARIES = ('acme', 'josepy', 'requests', 'urllib3')
+SIGNAL_AT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'signal_at.py')
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])
@@ -111,3 +112,28 @@ def test_unchanged_keys_are_not_read_again(site):
     result = site.run(write=False)
     assert_ok(result)
     assert 'one: the backup key is 800 days old' in result.stderr
+
+
+def test_the_day_after_renewal_information_is_asked_without_reading_the_key(site):
+    """The daily run after the renewal information's Retry-After (6 hours with Pebble):
+    acmebot asks the CA again, finds nothing due and still does not open the key's files;
+    what it learned is noted, so that the next run asks nothing."""
+    http_certificate(site, name='one', labels=('one',))
+    assert_ok(site.run())
+    entry = json.loads(site.read('resource', 'status.json'))['keys']['one']
+    asked = site.env.pebble.requests_seen('GET /draft-ietf-acme-ari-03/renewalInfo/')
+    for run in (1, 2):
+        opened = os.path.join(site.root, f'opened-{run}.log')
+        result = subprocess.run(
+            ['faketime', '-f', '+1d', sys.executable, SIGNAL_AT, 'TERM', '0',
+             site.dirs['private_key'], opened, ACMEBOT, '--config', site.config_path,
+             '--verbose'], capture_output=True, text=True, timeout=120, cwd=site.root,
+            check=False)
+        assert_ok(result)
+        assert 'one: certificate one is not due: renewal at ' in result.stdout
+        with open(opened) as file:
+            assert file.read() == ''                # no file of the key was opened
+        assert site.env.pebble.requests_seen(
+            'GET /draft-ietf-acme-ari-03/renewalInfo/') == asked + 1     # asked once
+    noted = json.loads(site.read('resource', 'status.json'))['keys']['one']
+    assert noted['fingerprint'] != entry['fingerprint']     # the notes it depends on changed

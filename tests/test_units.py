@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -1125,3 +1126,31 @@ def test_trusted_path_resolves_links_but_not_other_users(acmebot_module, tmp_pat
     os.close(fd)
     with pytest.raises(OSError):
         m.open_directory_strictly(f'{tmp_path}/site/.well-known')
+
+
+def test_named_dh_groups_are_compared_not_proven_and_a_prime_is_proven_once(
+        acmebot_module, monkeypatch):
+    m = acmebot_module
+    proofs = []
+    proven = m.probably_prime.__wrapped__
+
+    def counted(number):
+        proofs.append(number)
+        return proven(number)
+    m.probably_prime.cache_clear()
+    monkeypatch.setattr(m, 'probably_prime', functools.lru_cache(maxsize=64)(counted))
+    named = m.named_dhparams(2048)
+    assert m.dhparams_of(named, 2048) == named and proofs == []
+    private = m.generate_dhparams(512)
+    assert m.dhparams_of(private, 512) and m.dhparams_of(private, 512)
+    assert len(proofs) == 1                           # the same prime: proven once
+
+
+def test_tlsa_record_sets_noted_for_a_skipped_key_read_back_as_written(acmebot_module):
+    m = acmebot_module
+    records = {'_443._tcp.www.example.test': m.TLSARecordSet(
+        'example.test', 300, {(3, 1, 1, b'\x01' * 32), (3, 1, 1, b'\x02' * 32)})}
+    noted = json.loads(json.dumps(m.tlsa_records_to_json(records)))
+    assert m.tlsa_records_of(noted) == records
+    assert m.tlsa_records_of({'x': {'zone': 'z', 'ttl': 'soon', 'values': []}}) is None
+    assert m.tlsa_records_of(None) is None
