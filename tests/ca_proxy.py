@@ -76,6 +76,26 @@ def rate_limited_request(kind: str, retry_after: int | str = 3600) -> Fault:
     return fault
 
 
+def new_orders_limited(allowed: int, retry_after: int) -> Fault:
+    """A limit of new orders per account, as Let's Encrypt's: the first allowed identifier
+    sets are ordered (again too, as after a badNonce), every other new order is refused with
+    429 rateLimited and Retry-After; an order that replaces a certificate (RFC 9773) is
+    exempt."""
+    ordered: set[tuple[str, ...]] = set()
+
+    def fault(request: Request) -> Answer | None:
+        if request.method != 'POST' or request.path != NEW_ORDER_PATH or \
+                'replaces' in (request.payload or {}):
+            return None
+        identifiers = tuple(request.identifiers)
+        if identifiers in ordered or len(ordered) < allowed:
+            ordered.add(identifiers)
+            return None
+        return Answer(429, 'rateLimited', f'too many new orders ({allowed}) for this account '
+                      'recently', {'Retry-After': str(retry_after)})
+    return fault
+
+
 class CaProxy:
     def __init__(self, pebble: Pebble, port: int) -> None:
         require_loopback('127.0.0.1')

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -97,6 +98,20 @@ def load_acmebot_module() -> Any:
     sys.modules['acmebot'] = module
     loader.exec_module(module)
     return module
+
+
+def installed_command(root: str) -> tuple[str, str]:
+    """acmebot installed as pip installs it into a virtual environment (a copy beside its
+    python3) and linked from a directory on PATH, as README's installation command does:
+    (the link, the copy)."""
+    bin_dir, sbin = os.path.join(root, 'venv', 'bin'), os.path.join(root, 'sbin')
+    os.makedirs(bin_dir)
+    os.makedirs(sbin)
+    command = os.path.join(bin_dir, 'acmebot')
+    shutil.copy2(ACMEBOT, command)
+    os.symlink(sys.executable, os.path.join(bin_dir, 'python3'))
+    os.symlink(command, os.path.join(sbin, 'acmebot'))
+    return os.path.join(sbin, 'acmebot'), command
 
 
 class Site:

@@ -13,7 +13,14 @@ import stat
 import time
 
 import pytest
-from ca_proxy import PATHS, Answer, rate_limited, rate_limited_request, server_error
+from ca_proxy import (
+    PATHS,
+    Answer,
+    new_orders_limited,
+    rate_limited,
+    rate_limited_request,
+    server_error,
+)
 from servers import Pebble
 from sites import (
     assert_ok,
@@ -233,6 +240,92 @@ def test_a_rate_limit_holds_that_ca_for_that_certificate_across_runs(site, proxy
     status = site.run('--status', write=False).stdout
     assert f'issued by the fallback CA {fallback_pebble.url}' in status
     assert f'rate limited by {proxy.url} until ' in status
+
+
+def test_orders_beyond_the_limit_of_a_ca_wait_for_later_runs_without_an_error_each(
+        site, proxy):
+    """A CA that limits new orders per account (Let's Encrypt: 300 in 3 hours) is sent no
+    more new orders in a run once it refused two in a row: the certificates left wait for
+    its Retry-After quietly, told in one line and by --status, and are ordered by a later
+    run. Renewals go first and, as replacements (RFC 9773), are not held by refused new
+    issuances."""
+    names = [f'c{number}' for number in range(6)]
+    for name in names:
+        http_certificate(site, name, labels=(name,))
+    use_cas(site, proxy)
+    proxy.fault = new_orders_limited(2, 1800)
+    result = site.run()
+    assert result.returncode == 1
+    refused = re.findall(r'ERROR: (c\d): certificate c\d: ordering certificate c\d: too many '
+                         r'new orders \(2\) for this account recently \[rateLimited\]; the CA '
+                         r'asks to wait 1800 seconds', result.stderr)
+    assert len(refused) == 2, result.stderr
+    assert result.stderr.count('ERROR') == 2
+    assert re.search(r'WARNING: 2 certificates not ordered from ' + re.escape(proxy.url) +
+                     r': it answered rateLimited to 2 new orders in a row in this run; they '
+                     r'wait until [0-9: -]+ UTC\n', result.stderr), result.stderr
+    ordered = {request.identifiers[0] for request in proxy.new_orders()}
+    assert len(ordered) == 4                       # no order for the certificates left
+    issued = [name for name in names if os.path.exists(site.path('certificate', f'{name}.pem'))]
+    waiting = [name for name in names if site.host(name) not in ordered]
+    assert len(issued) == 2 and len(waiting) == 2
+    for name in [*refused, *waiting]:
+        until = datetime.datetime.fromisoformat(record_entry(site, name)['rate_limited'][
+            proxy.url].replace('Z', '+00:00'))
+        assert 1790 < until.timestamp() - time.time() <= 1800
+    status = site.run('--status', write=False).stdout
+    assert re.search(r'\nrate limits: 4 certificates wait to be ordered: the first from '
+                     r'[0-9: -]+ UTC, the last from [0-9: -]+ UTC\n', status), status
+    for name in waiting:
+        assert re.search(name + r' \w+: .*no certificate is installed; rate limited by ' +
+                         re.escape(proxy.url) + r' until [0-9: -]+ UTC: it is ordered then',
+                         status), status
+    # the next run asks nothing of it and is no failure
+    proxy.requests.clear()
+    assert_ok(site.run())
+    assert not proxy.new_orders()
+    # once the wait is over, renewals are placed first and go through; new issuances
+    # are refused twice again, and the other two wait
+    proxy.requests.clear()
+    before = {name: installed(site, name).serial_number for name in issued}
+    result = site.run('--renew', prefix=later(1 / 24))
+    assert result.returncode == 1
+    assert result.stderr.count('ERROR') == 2, result.stderr
+    assert 'WARNING: 2 certificates not ordered from ' in result.stderr
+    orders = proxy.new_orders()
+    replacing = [request for request in orders if 'replaces' in request.payload]
+    assert {request.identifiers[0] for request in orders[:len(replacing)]} == {
+        site.host(name) for name in issued}
+    assert {request.identifiers[0] for request in replacing} == {
+        site.host(name) for name in issued}
+    for name in issued:
+        assert installed(site, name).serial_number != before[name]
+    # without the limit, a later run orders the rest
+    proxy.fault = None
+    assert_ok(site.run(prefix=later(2 / 24)))
+    for name in names:
+        assert installed(site, name)
+
+
+def test_orders_beyond_the_limit_of_a_ca_go_to_the_fallback_in_one_warning(
+        site, proxy, fallback_pebble):
+    names = [f'c{number}' for number in range(5)]
+    for name in names:
+        http_certificate(site, name, labels=(name,))
+    use_cas(site, proxy, fallback_pebble)
+    proxy.fault = new_orders_limited(1, 600)
+    result = site.run()
+    assert_ok(result)
+    assert len({request.identifiers[0] for request in proxy.new_orders()}) == 3
+    assert len(re.findall(r'WARNING: (c\d): certificate c\d: ordering certificate c\d: too many '
+                          r'new orders \(1\) for this account recently \[rateLimited\]; the CA '
+                          r'asks to wait 600 seconds; ordering it from ', result.stderr)) == 2
+    assert (f'WARNING: 2 certificates not ordered from {proxy.url}: it answered rateLimited '
+            f'to 2 new orders in a row in this run; ordering them from {fallback_pebble.url}\n'
+            ) in result.stderr
+    assert result.stderr.count('WARNING') == 3
+    issuers = [installed(site, name).issuer for name in names]
+    assert issuers.count(intermediate_of(fallback_pebble)) == 4
 
 
 @pytest.mark.parametrize('retry_after', ['999999999999', 'Fri, 31 Dec 9999 23:59:59 GMT'])

@@ -4,8 +4,11 @@ of the ACME and HTTP libraries (README: Performance)."""
 from __future__ import annotations
 
 import configparser
+import glob
 import json
 import os
+import py_compile
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,11 +19,21 @@ from sites import (
     assert_ok,
     http_certificate,
     imported,
+    installed_command,
     launch_acmebot,
     reporting_imports,
 )
 
 LIBRARIES = ('acme', 'josepy', 'requests', 'urllib3')
+
+
+def declared_version() -> str:
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(ACMEBOT), 'setup.cfg'))
+    return config['metadata']['version']
+
+
+VERSION = declared_version()
 SIGNAL_AT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'signal_at.py')
 
 
@@ -40,11 +53,62 @@ def test_version_is_the_one_setup_cfg_declares(tmp_path):
     """The version is written in the script (--version, the User-Agent) and in setup.cfg:
     setuptools' attr: cannot read a script without .py, and reading the installed metadata
     would cost --version some 60 ms of imports. They must agree."""
-    config = configparser.ConfigParser()
-    config.read(os.path.join(os.path.dirname(ACMEBOT), 'setup.cfg'))
     result = subprocess.run([sys.executable, ACMEBOT, '--version'], capture_output=True,
                             text=True, cwd=tmp_path, check=True)
-    assert result.stdout.split() == ['acmebot', config['metadata']['version']]
+    assert result.stdout.split() == ['acmebot', VERSION]
+
+
+def test_the_installed_command_starts_from_cached_bytecode(tmp_path):
+    """The installed command runs on the bytecode its Python caches of it in __pycache__
+    beside it (README: Performance): a cache that says the source's size and time is used
+    as it is, a changed source is compiled again. Its arguments, exit status and name reach
+    acmebot as from a script."""
+    link, command = installed_command(str(tmp_path))
+    env = {key: value for key, value in os.environ.items()
+           if key != 'PYTHONDONTWRITEBYTECODE'}
+    result = subprocess.run([link, '--version'], env=env, capture_output=True, text=True,
+                            cwd=tmp_path, check=True)
+    assert result.stdout == f'acmebot {VERSION}\n' and result.stderr == ''
+    (cached,) = glob.glob(os.path.join(os.path.dirname(command), '__pycache__', 'acmebot*.pyc'))
+    assert not os.path.exists(os.path.join(os.path.dirname(link), '__pycache__'))
+    # bytecode of another version, stamped with this source's size and time, is what runs
+    with open(command) as file:
+        source = file.read()
+    other = os.path.join(tmp_path, 'other')
+    with open(other, 'w') as file:
+        file.write(source.replace(f"VERSION = '{VERSION}'", "VERSION = '9.9.9'", 1))
+    stat_of = os.stat(command)
+    os.utime(other, ns=(stat_of.st_atime_ns, stat_of.st_mtime_ns))
+    py_compile.compile(other, cfile=cached, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    result = subprocess.run([link, '--version'], env=env, capture_output=True, text=True,
+                            cwd=tmp_path, check=True)
+    assert result.stdout == 'acmebot 9.9.9\n'
+    os.utime(command, ns=(stat_of.st_atime_ns, stat_of.st_mtime_ns + 10**9))
+    result = subprocess.run([link, '--version'], env=env, capture_output=True, text=True,
+                            cwd=tmp_path, check=True)
+    assert result.stdout == f'acmebot {VERSION}\n'
+    result = subprocess.run([link, '--renew', '--revoke'], env=env, capture_output=True,
+                            text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith('usage: acmebot '), result.stderr
+    assert 'not allowed with argument' in result.stderr
+
+
+def test_the_file_in_a_checkout_runs_as_a_script_with_python3_from_path(tmp_path):
+    """Without a python3 beside it, ./acmebot runs the file with python3 from PATH as it
+    is, writing no bytecode next to it."""
+    checkout, tools = os.path.join(tmp_path, 'checkout'), os.path.join(tmp_path, 'tools')
+    os.makedirs(checkout)
+    os.makedirs(tools)
+    shutil.copy2(ACMEBOT, checkout)
+    os.symlink(sys.executable, os.path.join(tools, 'python3'))
+    env = {**{key: value for key, value in os.environ.items()
+              if key != 'PYTHONDONTWRITEBYTECODE'}, 'PATH': f'{tools}:/usr/bin:/bin'}
+    result = subprocess.run(['./acmebot', '--version'], env=env, capture_output=True,
+                            text=True, cwd=checkout, check=True)
+    assert result.stdout == f'acmebot {VERSION}\n'
+    assert os.listdir(checkout) == ['acmebot']
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])
