@@ -103,10 +103,13 @@ def load_acmebot_module() -> Any:
 def installed_command(root: str) -> tuple[str, str]:
     """acmebot installed as pip installs it into a virtual environment (a copy beside its
     python3) and linked from a directory on PATH, as README's installation command does:
-    (the link, the copy)."""
-    bin_dir, sbin = os.path.join(root, 'venv', 'bin'), os.path.join(root, 'sbin')
+    (the link, the copy). The environment is this one's twin: its python3 and packages."""
+    venv, sbin = os.path.join(root, 'venv'), os.path.join(root, 'sbin')
+    bin_dir = os.path.join(venv, 'bin')
     os.makedirs(bin_dir)
     os.makedirs(sbin)
+    shutil.copy(os.path.join(sys.prefix, 'pyvenv.cfg'), venv)
+    os.symlink(os.path.join(sys.prefix, 'lib'), os.path.join(venv, 'lib'))
     command = os.path.join(bin_dir, 'acmebot')
     shutil.copy2(ACMEBOT, command)
     os.symlink(sys.executable, os.path.join(bin_dir, 'python3'))

@@ -58,14 +58,19 @@ def test_version_is_the_one_setup_cfg_declares(tmp_path):
     assert result.stdout.split() == ['acmebot', VERSION]
 
 
-def test_the_installed_command_starts_from_cached_bytecode(tmp_path):
+def test_the_installed_command_starts_from_cached_bytecode(site, tmp_path):
     """The installed command runs on the bytecode its Python caches of it in __pycache__
-    beside it (README: Performance): a cache that says the source's size and time is used
-    as it is, a changed source is compiled again. Its arguments, exit status and name reach
-    acmebot as from a script."""
+    beside it (README: Performance), with the packages of its environment: a cache that
+    says the source's size and time is used as it is, a changed source is compiled again.
+    Its arguments, exit status and name reach acmebot as from a script."""
     link, command = installed_command(str(tmp_path))
     env = {key: value for key, value in os.environ.items()
            if key != 'PYTHONDONTWRITEBYTECODE'}
+    http_certificate(site)
+    site.write_config()
+    assert_ok(subprocess.run([link, '--config', site.config_path], env=env,
+                             capture_output=True, text=True, cwd=site.root, check=False))
+    assert site.read('certificate', 'site.pem')
     result = subprocess.run([link, '--version'], env=env, capture_output=True, text=True,
                             cwd=tmp_path, check=True)
     assert result.stdout == f'acmebot {VERSION}\n' and result.stderr == ''
