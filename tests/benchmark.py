@@ -433,7 +433,7 @@ def main() -> None:
     parser.add_argument('--large', type=int, default=1000,
                         help='certificates in the acmebot-only configuration: issued in '
                              'one run, then a no-op run, one the day after, --status and '
-                             '--check --quiet (0: skip; 10000 takes about an hour)')
+                             '--check --quiet (0: skip; 10000 takes half an hour)')
     parser.add_argument('--json', help='also write the figures to this file')
     parser.add_argument('--only', action='append', default=[], metavar='TEXT',
                         help='measure only the work whose description contains TEXT '
