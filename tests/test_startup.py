@@ -35,6 +35,8 @@ def declared_version() -> str:
 
 VERSION = declared_version()
 SIGNAL_AT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'signal_at.py')
+# as on a server, where nothing keeps Python from caching bytecode
+CACHING = {key: value for key, value in os.environ.items() if key != 'PYTHONDONTWRITEBYTECODE'}
 
 
 @pytest.mark.parametrize('option', ['--version', '--help'])
@@ -64,8 +66,7 @@ def test_the_installed_command_starts_from_cached_bytecode(site, tmp_path):
     says the source's size and time is used as it is, a changed source is compiled again.
     Its arguments, exit status and name reach acmebot as from a script."""
     link, command = installed_command(str(tmp_path))
-    env = {key: value for key, value in os.environ.items()
-           if key != 'PYTHONDONTWRITEBYTECODE'}
+    env = CACHING
     http_certificate(site)
     site.write_config()
     assert_ok(subprocess.run([link, '--config', site.config_path], env=env,
@@ -108,8 +109,7 @@ def test_the_file_in_a_checkout_runs_as_a_script_with_python3_from_path(tmp_path
     os.makedirs(tools)
     shutil.copy2(ACMEBOT, checkout)
     os.symlink(sys.executable, os.path.join(tools, 'python3'))
-    env = {**{key: value for key, value in os.environ.items()
-              if key != 'PYTHONDONTWRITEBYTECODE'}, 'PATH': f'{tools}:/usr/bin:/bin'}
+    env = {**CACHING, 'PATH': f'{tools}:/usr/bin:/bin'}
     result = subprocess.run(['./acmebot', '--version'], env=env, capture_output=True,
                             text=True, cwd=checkout, check=True)
     assert result.stdout == f'acmebot {VERSION}\n'
